@@ -1,0 +1,67 @@
+/*
+ * api.h - the admin REST API on the api listener.
+ *
+ * Routes are declared in one table (api.c); resource families (services,
+ * gateways, …) plug in through kb_api_family, one file each.  Every /v1
+ * call needs `Authorization: Bearer <admin token>`; /healthz and /metrics
+ * do not.  Errors are {"error":{"code","status","message"}}.
+ */
+#ifndef KB_API_H
+#define KB_API_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "api/kinds.h"
+#include "gateway/gateway.h"
+#include "http/server.h"
+#include "runtime/runtime.h"
+#include "store/store.h"
+
+typedef struct kb_api kb_api;
+
+typedef struct kb_api_ctx {
+    uv_loop_t  *loop;
+    kb_store   *store;
+    kb_runtime *runtime;
+    kb_gateway *gateway;
+    const char *token;          /* admin bearer token (copied) */
+} kb_api_ctx;
+
+/*
+ * A resource family: the plane behind one kind.  The API does the HTTP,
+ * auth, field checks (kinds.h) and persistence; the family checks meaning
+ * and makes the plane follow the stored state.
+ */
+typedef struct kb_api_family {
+    const char *kind;                      /* "Service" */
+    /* Check a spec beyond its field types; KB_EINVAL + message. */
+    int     (*validate)(kb_api *api, const json_t *spec, char *err,
+                        size_t errlen);
+    /* Make the plane run this spec; KB_EINVAL/KB_ECONFLICT + message. */
+    int     (*apply)(kb_api *api, const char *project, const char *name,
+                     const json_t *spec, char *err, size_t errlen);
+    /* Stop serving it. */
+    void    (*remove)(kb_api *api, const char *project, const char *name);
+    /* Live status object or NULL (new reference). */
+    json_t *(*status)(kb_api *api, const char *project, const char *name);
+} kb_api_family;
+
+extern const kb_api_family kb_api_services;
+extern const kb_api_family kb_api_gateways;
+
+int  kb_api_create(const kb_api_ctx *ctx, kb_api **out);
+/* The kb_http_handler of the api listener (data = the kb_api). */
+void kb_api_handle(kb_http_req *req, void *api);
+/* The planes behind the API, for the families. */
+const kb_api_ctx *kb_api_context(const kb_api *api);
+/*
+ * Boot: make every plane follow what the store holds (services first, then
+ * gateways).  Synchronous; runs before the listeners open.  Resources that
+ * no longer apply are logged and skipped.  Returns 0 or a store error.
+ */
+int  kb_api_restore(kb_api *api);
+void kb_api_free(kb_api *api);
+
+#endif

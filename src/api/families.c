@@ -1,0 +1,73 @@
+/*
+ * families.c - the planes behind the first resource kinds: services run on
+ * the runtime, gateways install route tables.  Each family is a small
+ * adapter from the API's stored spec to its plane's header API.
+ */
+#include "api/api.h"
+#include "core/err.h"
+
+/* Services ---------------------------------------------------------------- */
+
+static int
+services_validate(kb_api *api, const json_t *spec, char *err, size_t errlen)
+{
+    return kb_runtime_validate(spec, err, errlen);
+}
+
+static int
+services_apply(kb_api *api, const char *project, const char *name,
+               const json_t *spec, char *err, size_t errlen)
+{
+    return kb_runtime_apply(kb_api_context(api)->runtime, project, name, spec,
+                            err, errlen);
+}
+
+static void
+services_remove(kb_api *api, const char *project, const char *name)
+{
+    (void)kb_runtime_remove(kb_api_context(api)->runtime, project, name);
+}
+
+static json_t *
+services_status(kb_api *api, const char *project, const char *name)
+{
+    return kb_runtime_status(kb_api_context(api)->runtime, project, name);
+}
+
+const kb_api_family kb_api_services = {
+    .kind = "Service",
+    .validate = services_validate,
+    .apply = services_apply,
+    .remove = services_remove,
+    .status = services_status,
+};
+
+/* Gateways ---------------------------------------------------------------- */
+
+static int
+gateways_validate(kb_api *api, const json_t *spec, char *err, size_t errlen)
+{
+    return kb_gateway_validate(spec, err, errlen);
+}
+
+static int
+gateways_apply(kb_api *api, const char *project, const char *name,
+               const json_t *spec, char *err, size_t errlen)
+{
+    return kb_gateway_set(kb_api_context(api)->gateway, project, name, spec,
+                          err, errlen);
+}
+
+static void
+gateways_remove(kb_api *api, const char *project, const char *name)
+{
+    (void)kb_gateway_remove(kb_api_context(api)->gateway, project, name);
+}
+
+const kb_api_family kb_api_gateways = {
+    .kind = "Gateway",
+    .validate = gateways_validate,
+    .apply = gateways_apply,
+    .remove = gateways_remove,
+    .status = NULL,
+};
