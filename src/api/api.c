@@ -224,17 +224,16 @@ static const char *const output_only[] = {
 };
 
 /*
- * Parse and check the body as a spec of the call's kind.  On success
+ * Parse the body: a JSON object, output-only fields dropped.  On success
  * c->spec holds it; otherwise the error is answered and false returned.
  * An "etag" field, if any, is checked against `version` (0 = no check).
  */
 static bool
-read_spec(api_call *c, int64_t version)
+read_body(api_call *c, int64_t version)
 {
-    char field[128] = "", why[384] = "", etag[32];
+    char etag[32];
     json_error_t jerr;
     json_t *body, *v;
-    int rc;
 
     if (c->req->body_len == 0) {
         api_error(c, 400, "INVALID_ARGUMENT", "the request needs a JSON body");
@@ -265,24 +264,32 @@ read_spec(api_call *c, int64_t version)
         }
         json_object_del(body, "etag");
     }
+    c->spec = body;
+    return true;
+}
 
-    rc = kb_kind_check(c->kind->kind, body, false, field, sizeof(field), why,
-                       sizeof(why));
+/* Check c->spec as a spec of the call's kind: field types (kinds table),
+ * then meaning (the family).  Answers the error and returns false. */
+static bool
+check_spec(api_call *c)
+{
+    char field[128] = "", why[384] = "";
+    int rc;
+
+    rc = kb_kind_check(c->kind->kind, c->spec, false, field, sizeof(field),
+                       why, sizeof(why));
     if (rc != 0) {
-        json_decref(body);
         api_error(c, 400, "INVALID_ARGUMENT", "%s%s%s", field,
                   field[0] ? ": " : "", why);
         return false;
     }
     why[0] = '\0';
-    rc = c->kind->family->validate(c->api, body, why, sizeof(why));
+    rc = c->kind->family->validate(c->api, c->spec, why, sizeof(why));
     if (rc != 0) {
-        json_decref(body);
         api_error(c, 400, "INVALID_ARGUMENT", "%s",
                   why[0] ? why : "invalid specification");
         return false;
     }
-    c->spec = body;
     return true;
 }
 
@@ -501,7 +508,7 @@ h_create(api_call *c)
         return;
     }
     c->name = id;
-    if (!read_spec(c, 0))
+    if (!read_body(c, 0) || !check_spec(c))
         return;
     if (query_bool(c, "validateOnly")) {
         respond_dry(c, 0);
@@ -564,7 +571,6 @@ update_got_old(int err, const kb_resource *res, void *data)
     kb_put_opts o = { KB_PUT_UPDATE, 0, NULL };
     const char *mask;
     json_t *uid;
-    char why[384] = "";
     int rc;
 
     if (err != 0) {
@@ -573,20 +579,15 @@ update_got_old(int err, const kb_resource *res, void *data)
     }
     c->old_doc = json_deep_copy(res->doc);
     c->old_version = res->version;
-    if (!read_spec(c, res->version))
+    if (!read_body(c, res->version))
         return;
     mask = kb_http_req_query(c->req, "updateMask");
-    if (mask != NULL && mask[0] != '\0') {
-        if (apply_update_mask(c, mask) != 0) {
-            api_error(c, 400, "INVALID_ARGUMENT", "malformed updateMask");
-            return;
-        }
-        rc = c->kind->family->validate(c->api, c->spec, why, sizeof(why));
-        if (rc != 0) {
-            api_error(c, 400, "INVALID_ARGUMENT", "%s", why);
-            return;
-        }
+    if (mask != NULL && mask[0] != '\0' && apply_update_mask(c, mask) != 0) {
+        api_error(c, 400, "INVALID_ARGUMENT", "malformed updateMask");
+        return;
     }
+    if (!check_spec(c))
+        return;
     uid = json_object_get(c->old_doc, "uid");
     if (uid != NULL)
         json_object_set(c->spec, "uid", uid);
