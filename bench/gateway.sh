@@ -110,6 +110,7 @@ wait_http "http://127.0.0.1:$nginx_port$path"
 # wrk's --latency output → "rps p50_ms p99_ms"
 run_wrk() {
     wrk -t"$threads" -c"$conns" -d"${duration}s" --latency "$1" >"$work/wrk.out" 2>&1
+    [ -n "${BENCH_VERBOSE:-}" ] && cat "$work/wrk.out" >&2
     awk '
         function ms(v) {
             if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }

@@ -32,7 +32,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define MAX_CONNS    128
+#define MAX_CONNS    1024
 #define MAX_REQUEST  (64 * 1024)    /* head + body of one request */
 #define MAX_HEADERS  64
 #define MAX_RESPONSE (MAX_REQUEST * 7 + 4096) /* worst case: escaped echo */
