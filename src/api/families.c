@@ -64,10 +64,16 @@ gateways_remove(kb_api *api, const char *project, const char *name)
     (void)kb_gateway_remove(kb_api_context(api)->gateway, project, name);
 }
 
+static json_t *
+gateways_status(kb_api *api, const char *project, const char *name)
+{
+    return kb_gateway_status(kb_api_context(api)->gateway, project, name);
+}
+
 const kb_api_family kb_api_gateways = {
     .kind = "Gateway",
     .validate = gateways_validate,
     .apply = gateways_apply,
     .remove = gateways_remove,
-    .status = NULL,
+    .status = gateways_status,
 };

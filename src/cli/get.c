@@ -78,7 +78,7 @@ cell_ready(const json_t *res, char *buf, size_t len)
 static void
 cell_routes(const json_t *res, char *buf, size_t len)
 {
-    scalar_text(json_object_get(json_object_get(res, "status"), "routes"), buf,
+    scalar_text(json_object_get(json_object_get(res, "status"), "routeCount"), buf,
                 len);
 }
 

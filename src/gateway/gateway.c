@@ -158,3 +158,22 @@ kb_gateway_free(kb_gateway *gw)
     pthread_mutex_destroy(&gw->lock);
     free(gw);
 }
+
+json_t *
+kb_gateway_status(kb_gateway *gw, const char *project, const char *name)
+{
+    size_t i = spec_find(gw, project, name);
+    const gw_spec *s;
+    json_t *routes;
+
+    if (i == gw->nspecs)
+        return NULL;
+    s = gw->specs[i];
+    routes = json_array();
+    for (size_t r = 0; r < s->nroutes; r++)
+        json_array_append_new(routes, json_pack("{s:s, s:s}", "route",
+            s->routes[r].label, "backend", s->routes[r].backend->service
+            ? s->routes[r].backend->service : s->routes[r].backend->authority));
+    return json_pack("{s:I, s:o}", "routeCount", (json_int_t)s->nroutes,
+                     "routes", routes);
+}

@@ -44,6 +44,10 @@ int  kb_gateway_validate(const json_t *spec, char *err, size_t errlen);
 int  kb_gateway_set(kb_gateway *gw, const char *project, const char *name,
                     const json_t *spec, char *err, size_t errlen);
 int  kb_gateway_remove(kb_gateway *gw, const char *project, const char *name);
+/* {"routeCount": n, "routes": [{"route": "GET /x", "backend": "…"}]} for
+ * an installed gateway, NULL if unknown.  New reference. */
+json_t *kb_gateway_status(kb_gateway *gw, const char *project,
+                          const char *name);
 /* The kb_http_handler for the gateway listener (data = the kb_gateway). */
 void kb_gateway_handle(kb_http_req *req, void *gw);
 void kb_gateway_free(kb_gateway *gw);

@@ -41,6 +41,10 @@ class GatewayTest(ServerTest):
         self.assertRegex(r.header("X-Request-Id"), r"^[0-9a-f]{32}$")
         r = self.srv.gw("GET", "/hello/world")
         self.assertEqual(r.json()["message"], "Hello, world!")
+        st = self.srv.api("GET", GW + "/main").json()["status"]
+        self.assertEqual(st["routeCount"], 4)
+        self.assertIn({"route": "GET /hello/{name}", "backend": "hello"},
+                      st["routes"])
         r = self.srv.gw("POST", "/echo", "ping-body")
         self.assertEqual(r.status, 200)
         self.assertEqual(r.body, b"ping-body")
