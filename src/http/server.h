@@ -74,6 +74,7 @@ typedef struct kb_http_server_opts {
     uint64_t        body_timeout_ms;   /* 0 → 60 s: body must arrive within */
     uint64_t        idle_timeout_ms;   /* 0 → 60 s: keep-alive idle */
     size_t          max_connections; /* 0 → 10000; over it: accept and close */
+    bool            reuseport;       /* SO_REUSEPORT: one listener per loop */
 } kb_http_server_opts;
 
 /*
