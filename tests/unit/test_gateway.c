@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netinet/in.h>
@@ -29,24 +31,6 @@
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                   */
 
-/* JSON from text written with single quotes (for readable C strings). */
-static json_t *
-J(const char *text)
-{
-    char *t = strdup(text);
-    json_error_t e;
-    json_t *v;
-
-    assert_non_null(t);
-    for (char *p = t; *p != '\0'; p++)
-        if (*p == '\'')
-            *p = '"';
-    v = json_loads(t, 0, &e);
-    if (v == NULL)
-        fail_msg("bad test JSON (%s): %s", e.text, t);
-    free(t);
-    return v;
-}
 
 /* Compile a spec that must be valid. */
 static gw_spec *

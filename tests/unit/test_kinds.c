@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,23 +18,6 @@
 #include "api/kinds.h"
 #include "core/err.h"
 
-static json_t *
-J(const char *text)
-{
-    char *t = strdup(text);
-    json_error_t e;
-    json_t *v;
-
-    assert_non_null(t);
-    for (char *q = t; *q != '\0'; q++)
-        if (*q == '\'')
-            *q = '"';
-    v = json_loads(t, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-    if (v == NULL)
-        fail_msg("bad test JSON (%s): %s", e.text, t);
-    free(t);
-    return v;
-}
 
 static void
 check_ok(const char *kind, const char *spec, bool cli)

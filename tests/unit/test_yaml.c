@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,24 +63,6 @@ one(const char *text)
     return v;
 }
 
-/* JSON from text with single quotes. */
-static json_t *
-J(const char *text)
-{
-    char *t = strdup(text);
-    json_error_t e;
-    json_t *v;
-
-    assert_non_null(t);
-    for (char *q = t; *q != '\0'; q++)
-        if (*q == '\'')
-            *q = '"';
-    v = json_loads(t, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-    if (v == NULL)
-        fail_msg("bad test JSON (%s): %s", e.text, t);
-    free(t);
-    return v;
-}
 
 static void
 assert_json(json_t *got, const char *want_text)
