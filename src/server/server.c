@@ -313,8 +313,10 @@ kb_server_main(int argc, char **argv)
 
     memset(&s, 0, sizeof(s));
     rc = kb_server_options_parse(&s.opts, argc, argv, err, sizeof(err));
-    if (rc == 1)
+    if (rc == 1) {                      /* --help */
+        kb_server_options_free(&s.opts);
         return 0;
+    }
     if (rc != 0) {
         fprintf(stderr, "kiban server: %s\n", err);
         kb_server_options_free(&s.opts);
