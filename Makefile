@@ -39,7 +39,8 @@ fuzz:
 	@scripts/deps.sh fuzz
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DKB_FUZZ=ON -DKB_SANITIZE=ON >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS)
-	@echo "fuzzers in $(FUZZ_BUILD)/: run e.g. $(FUZZ_BUILD)/fuzz_http_request fuzz/corpus/http_request"
+	@echo "fuzzers in $(FUZZ_BUILD)/: run e.g. mkdir -p /tmp/corpus && $(FUZZ_BUILD)/fuzz_http_request /tmp/corpus fuzz/corpus/http_request"
+	@echo "(the first directory receives new inputs; keep fuzz/corpus/ to the curated seeds)"
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
