@@ -1,8 +1,10 @@
 """Admin API: auth, services CRUD, pagination, bad input, concurrency rules."""
 import os
 import stat
+import threading
+import unittest
 
-from kiban import ServerTest, main, service
+from kiban import Server, ServerTest, main, service, wait_for
 
 SVC = "/v1/projects/default/services"
 
@@ -192,6 +194,52 @@ class ServicesTest(ServerTest):
         self.srv.start()
         r = self.srv.api("GET", SVC + "/keep")
         self.assertEqual(r.status, 200, r)
+
+
+class DurabilityTest(unittest.TestCase):
+    def test_acknowledged_creates_survive_kill_9(self):
+        """Clients create services as fast as they can while the server is
+        killed with SIGKILL; every create that was answered 200 is there
+        after a restart."""
+        srv = Server().start()
+        self.addCleanup(srv.cleanup)
+        acked, lock, stop = [], threading.Lock(), threading.Event()
+
+        def writer(w):
+            i = 0
+            while not stop.is_set():
+                name = "w%d-%d" % (w, i)
+                i += 1
+                try:
+                    r = srv.api("POST", SVC + "?serviceId=" + name,
+                                service(instances=0))
+                except OSError:
+                    return
+                if r.status == 200:
+                    with lock:
+                        acked.append(name)
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(acked) >= 150, 60, 0.01,
+                 what="150 acknowledged creates")
+        srv.kill9()
+        stop.set()
+        for t in threads:
+            t.join(30)
+        srv.start()
+        names, token = set(), None
+        while True:
+            q = "?pageSize=1000" + ("&pageToken=" + token if token else "")
+            body = srv.api("GET", SVC + q).json()
+            names |= {s["name"].rsplit("/", 1)[1] for s in body["services"]}
+            token = body.get("nextPageToken")
+            if not token:
+                break
+        missing = [n for n in acked if n not in names]
+        self.assertEqual(missing, [])
+        self.assertGreaterEqual(len(acked), 150)
+        srv.stop()
 
 
 if __name__ == "__main__":
