@@ -105,6 +105,9 @@ str_json(struct str *s, const char *v, size_t n)
     str_add(s, "\"", 1);
 }
 
+/* Set while answering HEAD: the head says the length, no body follows. */
+static int head_only;
+
 /* Queue a complete response on `c`. */
 static void
 respond(struct conn *c, int status, const char *type, const char *body,
@@ -117,6 +120,8 @@ respond(struct conn *c, int status, const char *type, const char *body,
                      "HTTP/1.1 %d %s\r\nContent-Type: %.100s\r\n"
                      "Content-Length: %zu\r\n%s\r\n", status, reason, type,
                      bodylen, c->close_after ? "Connection: close\r\n" : "");
+    if (head_only)
+        bodylen = 0;
     char *out = realloc(c->out, c->outlen + (size_t)n + bodylen);
     if (out == NULL) {
         c->close_after = 1;
@@ -141,7 +146,9 @@ handle(struct conn *c, const char *method, const char *path,
 {
     static char space[MAX_RESPONSE], joined[MAX_REQUEST];
     struct str s = { space, 0, sizeof(space) };
-    int get = strcmp(method, "GET") == 0;
+    int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+
+    head_only = strcmp(method, "HEAD") == 0;
 
     if (get && strcmp(path, "/crash") == 0) {
         fprintf(stderr, "kiban-hello: /crash requested, exiting with 3\n");

@@ -511,7 +511,9 @@ on_upstream(int err, const kb_http_client_res *res, void *data)
                       c->upstream_host, c->upstream_port, kb_strerror(err));
         return;
     }
-    /* relay: status, headers minus hop-by-hop, body; our X-Request-Id */
+    /* relay: status, headers minus hop-by-hop, body; our X-Request-Id.
+     * Content-Length stays in the list: the server sets its own, and for
+     * HEAD announces the backend's. */
     for (size_t i = 0; i < res->nheaders; i++)
         if (strcasecmp(res->headers[i].name, "Connection") == 0) {
             if (conn.len > 0)
@@ -528,7 +530,6 @@ on_upstream(int err, const kb_http_client_res *res, void *data)
     for (size_t i = 0; i < res->nheaders; i++) {
         const char *name = res->headers[i].name;
         if (gw__hop_by_hop(name, connection) ||
-            strcasecmp(name, "Content-Length") == 0 ||
             strcasecmp(name, "X-Request-Id") == 0)
             continue;
         h[nh++] = res->headers[i];

@@ -403,6 +403,26 @@ conn_write(conn *c, const uv_buf_t *bufs, unsigned n)
 }
 
 /*
+ * The length a HEAD response announces: what the handler says in its own
+ * Content-Length (a proxy relays the backend's), else 0.
+ */
+static long long
+head_content_length(const kb_http_header *hdrs, size_t nh)
+{
+    for (size_t i = 0; i < nh; i++) {
+        const char *v = hdrs[i].value;
+        long long n = 0;
+
+        if (strcasecmp(hdrs[i].name, "Content-Length") != 0 || *v == '\0')
+            continue;
+        for (; *v >= '0' && *v <= '9' && n < (1LL << 50); v++)
+            n = n * 10 + (*v - '0');
+        return *v == '\0' ? n : 0;
+    }
+    return 0;
+}
+
+/*
  * Build a response head in the request pool.  framing: the Content-Length
  * value, or -1 for chunked, or -2 for none (read until close / no body).
  */
@@ -1249,6 +1269,7 @@ void
 kb_http_respond(kb_http_req *req, int status, const kb_http_header *headers,
                 size_t nheaders, const char *body, size_t body_len)
 {
+    long long framing;
     srv_req *r = (srv_req *)req;
     conn *c = r->conn;
     char *head;
@@ -1277,9 +1298,11 @@ kb_http_respond(kb_http_req *req, int status, const kb_http_header *headers,
     }
     keepalive = req_keepalive(r);
     send_body = status_has_body(status) && !r->no_body;
-    head = build_head(r, status, headers, nheaders,
-                      status_has_body(status) ? (long long)body_len : -2,
-                      keepalive, &hlen);
+    framing = status_has_body(status) ? (long long)body_len : -2;
+    if (r->no_body && framing == 0)
+        framing = head_content_length(headers, nheaders);
+    head = build_head(r, status, headers, nheaders, framing, keepalive,
+                      &hlen);
     if (head == NULL) {
         conn_close(c);
     } else {

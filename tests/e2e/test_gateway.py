@@ -39,6 +39,11 @@ class GatewayTest(ServerTest):
         self.assertEqual(r.json()["message"], "hi there")
         self.assertEqual(r.json()["service"], "hello")
         self.assertRegex(r.header("X-Request-Id"), r"^[0-9a-f]{32}$")
+        r = self.srv.gw("HEAD", "/hello")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"")
+        get = self.srv.gw("GET", "/hello")
+        self.assertEqual(int(r.header("Content-Length")), len(get.body))
         r = self.srv.gw("GET", "/hello/world")
         self.assertEqual(r.json()["message"], "Hello, world!")
         st = self.srv.api("GET", GW + "/main").json()["status"]
