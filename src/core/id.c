@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/random.h>
+#include <time.h>
 
 int
 kb_random_bytes(void *out, size_t n)
@@ -65,4 +66,56 @@ kb_uuid4(char out[37])
              b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
              b[10], b[11], b[12], b[13], b[14], b[15]);
     return 0;
+}
+
+/* xoshiro256** (Blackman and Vigna), one state per thread. */
+static _Thread_local uint64_t xs[4];
+static _Thread_local int xs_seeded;
+
+static uint64_t
+rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t
+xs_next(void)
+{
+    uint64_t r = rotl(xs[1] * 5, 7) * 9, t = xs[1] << 17;
+
+    xs[2] ^= xs[0];
+    xs[3] ^= xs[1];
+    xs[1] ^= xs[2];
+    xs[0] ^= xs[3];
+    xs[2] ^= t;
+    xs[3] = rotl(xs[3], 45);
+    return r;
+}
+
+void
+kb_id_hex(char *out, size_t nbytes)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t v = 0;
+
+    if (!xs_seeded) {
+        /* The kernel CSPRNG does not fail once the pool is initialised;
+         * if it ever did, mix in the clock and the thread's stack. */
+        if (kb_random_bytes(xs, sizeof(xs)) != 0) {
+            xs[0] = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&v;
+            xs[1] = 0x9e3779b97f4a7c15u;
+            xs[2] = (uint64_t)clock();
+            xs[3] = 0xbf58476d1ce4e5b9u;
+        }
+        xs_seeded = 1;
+    }
+    for (size_t i = 0; i < nbytes; i++) {
+        if (i % 8 == 0)
+            v = xs_next();
+        unsigned b = (unsigned)(v & 0xff);
+        v >>= 8;
+        out[2 * i] = hex[b >> 4];
+        out[2 * i + 1] = hex[b & 15];
+    }
+    out[2 * nbytes] = '\0';
 }

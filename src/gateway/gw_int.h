@@ -166,9 +166,9 @@ bool gw__request_id_ok(const char *id);
 /*
  * The traceparent to send upstream: the incoming one's trace-id and flags
  * with a new parent-id when `incoming` is valid (*continued = true), else
- * a new trace.  out holds GW_TRACEPARENT_LEN + 1 bytes.  0 or -errno.
+ * a new trace.  out holds GW_TRACEPARENT_LEN + 1 bytes.
  */
-int  gw__traceparent(const char *incoming, char *out, bool *continued);
+void gw__traceparent(const char *incoming, char *out, bool *continued);
 /* Is this header hop-by-hop (fixed list, or named in `connection`, the
  * joined Connection header values; may be NULL)? */
 bool gw__hop_by_hop(const char *name, const char *connection);

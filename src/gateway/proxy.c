@@ -145,28 +145,26 @@ traceparent_ok(const char *t)
     return n == GW_TRACEPARENT_LEN || t[GW_TRACEPARENT_LEN] == '-';
 }
 
-int
+void
 gw__traceparent(const char *incoming, char *out, bool *continued)
 {
     char trace[33], span[17];
     const char *flags = "00";    /* a new trace: not sampled (no tracer) */
-    int rc;
-
     *continued = traceparent_ok(incoming);
     if (*continued) {
         memcpy(trace, incoming + 3, 32);
         trace[32] = '\0';
         flags = incoming + 53;
-    } else if ((rc = kb_random_hex(trace, 16)) != 0) {
-        return rc;
+    } else {
+        do                              /* all zeros is not a valid id */
+            kb_id_hex(trace, 16);
+        while (strspn(trace, "0") == 32);
     }
-    do {
-        if ((rc = kb_random_hex(span, 8)) != 0)
-            return rc;
-    } while (strcmp(span, "0000000000000000") == 0);
+    do
+        kb_id_hex(span, 8);
+    while (strspn(span, "0") == 16);
     snprintf(out, GW_TRACEPARENT_LEN + 1, "00-%s-%s-%.2s", trace, span,
              flags);
-    return 0;
 }
 
 /* Percent-encode a raw path value for a query string: keep what is safe
@@ -391,13 +389,10 @@ stage_identity(gw_ctx *c)
 
     if (gw__request_id_ok(id))
         snprintf(c->request_id, sizeof(c->request_id), "%s", id);
-    else if (kb_random_hex(c->request_id, 16) != 0)
-        c->request_id[0] = '\0';
-    if (gw__traceparent(kb_http_req_header(c->req, "traceparent"),
-                        c->traceparent, &c->trace_continued) != 0) {
-        respond_error(c, 500, NULL, "(none)", "cannot create a trace id");
-        return GW_DONE;
-    }
+    else
+        kb_id_hex(c->request_id, 16);
+    gw__traceparent(kb_http_req_header(c->req, "traceparent"),
+                    c->traceparent, &c->trace_continued);
     return GW_NEXT;
 }
 

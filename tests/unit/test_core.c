@@ -157,6 +157,11 @@ ids_are_random_hex_and_uuids(void **state)
     assert_int_equal(strlen(a), 32);
     assert_int_equal(strspn(a, "0123456789abcdef"), 32);
     assert_string_not_equal(a, b);
+    kb_id_hex(a, 16);
+    kb_id_hex(b, 16);
+    assert_int_equal(strspn(a, "0123456789abcdef"), 32);
+    assert_int_equal(a[32], '\0');
+    assert_string_not_equal(a, b);
     assert_int_equal(kb_uuid4(u), 0);
     assert_int_equal(strlen(u), 36);
     assert_int_equal(u[14], '4');

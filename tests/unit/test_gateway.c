@@ -664,24 +664,24 @@ test_traceparent(void **state)
     char out[56], out2[56];
     bool cont;
 
-    assert_int_equal(gw__traceparent(in, out, &cont), 0);
+    gw__traceparent(in, out, &cont);
     assert_true(cont);
     assert_true(traceparent_shape(out));
     assert_memory_equal(out, in, 36);                 /* same trace id */
     assert_memory_not_equal(out + 36, in + 36, 16);   /* new parent id */
     assert_string_equal(out + 52, "-01");             /* flags kept */
     /* a later version with extra fields is continued as version 00 */
-    assert_int_equal(gw__traceparent(
+    gw__traceparent(
         "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra",
-        out, &cont), 0);
+        out, &cont);
     assert_true(cont);
     assert_memory_equal(out, "00-4bf92f3577b34da6a3ce929d0e0e4736-", 36);
     assert_string_equal(out + 52, "-00");
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(gw__traceparent(bad[i], out, &cont), 0);
+        gw__traceparent(bad[i], out, &cont);
         assert_false(cont);
         assert_true(traceparent_shape(out));
-        assert_int_equal(gw__traceparent(bad[i], out2, &cont), 0);
+        gw__traceparent(bad[i], out2, &cont);
         assert_memory_not_equal(out + 3, out2 + 3, 32); /* fresh traces */
     }
 }
