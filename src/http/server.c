@@ -1265,6 +1265,22 @@ kb_http_req_on_abort(kb_http_req *req, kb_http_abort_cb cb, void *data)
 
 /* ---- responses ---------------------------------------------------------- */
 
+/* The response to a request whose connection is gone: count it, detach
+ * it, release it. */
+static void
+req_finish_orphan(srv_req *r)
+{
+    conn *c = r->conn;
+
+    srv_count(r->pub.server, r->status, r->pub.start_ns);
+    r->done = true;
+    if (c != NULL) {
+        c->req = NULL;
+        r->conn = NULL;
+    }
+    req_release(r);
+}
+
 void
 kb_http_respond(kb_http_req *req, int status, const kb_http_header *headers,
                 size_t nheaders, const char *body, size_t body_len)
@@ -1287,13 +1303,7 @@ kb_http_respond(kb_http_req *req, int status, const kb_http_header *headers,
     }
     r->status = status;
     if (c == NULL || c->state == CS_CLOSED) {
-        srv_count(r->pub.server, status, r->pub.start_ns);
-        r->done = true;
-        if (c != NULL) {
-            c->req = NULL;
-            r->conn = NULL;
-        }
-        req_release(r);
+        req_finish_orphan(r);
         return;
     }
     keepalive = req_keepalive(r);
@@ -1434,13 +1444,7 @@ kb_http_response_end(kb_http_req *req)
         return;
     }
     if (c == NULL || c->state == CS_CLOSED) {
-        srv_count(r->pub.server, r->status, r->pub.start_ns);
-        r->done = true;
-        if (c != NULL) {
-            c->req = NULL;
-            r->conn = NULL;
-        }
-        req_release(r);
+        req_finish_orphan(r);
         return;
     }
     keepalive = req_keepalive(r);

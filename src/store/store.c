@@ -1075,14 +1075,24 @@ list_op(kb_store *s, const char *kind, const char *parent, size_t page_size,
     return 0;
 }
 
+/* Queue op (or run it and wait, for the _sync calls) once building it
+ * succeeded; rc is what building it returned. */
+static int
+store_start(kb_store *s, int rc, store_op *op, bool sync)
+{
+    if (rc != 0)
+        return rc;
+    return sync ? store_run_sync(s, op) : store_submit(s, op);
+}
+
 int
 kb_store_get(kb_store *s, const char *kind, const char *parent,
              const char *name, kb_store_res_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = get_op(s, kind, parent, name, cb, data, &op);
 
-    return rc ? rc : store_submit(s, op);
+    return store_start(s, rc, op, false);
 }
 
 int
@@ -1090,10 +1100,10 @@ kb_store_put(kb_store *s, const char *kind, const char *parent,
              const char *name, json_t *doc, const kb_put_opts *opts,
              kb_store_res_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = put_op(s, kind, parent, name, doc, opts, cb, data, &op);
 
-    return rc ? rc : store_submit(s, op);
+    return store_start(s, rc, op, false);
 }
 
 int
@@ -1101,10 +1111,10 @@ kb_store_delete(kb_store *s, const char *kind, const char *parent,
                 const char *name, int64_t expect_version,
                 kb_store_res_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = delete_op(s, kind, parent, name, expect_version, cb, data, &op);
 
-    return rc ? rc : store_submit(s, op);
+    return store_start(s, rc, op, false);
 }
 
 int
@@ -1112,20 +1122,20 @@ kb_store_list(kb_store *s, const char *kind, const char *parent,
               size_t page_size, const char *page_token,
               kb_store_list_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = list_op(s, kind, parent, page_size, page_token, cb, data, &op);
 
-    return rc ? rc : store_submit(s, op);
+    return store_start(s, rc, op, false);
 }
 
 int
 kb_store_get_sync(kb_store *s, const char *kind, const char *parent,
                   const char *name, kb_store_res_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = get_op(s, kind, parent, name, cb, data, &op);
 
-    return rc ? rc : store_run_sync(s, op);
+    return store_start(s, rc, op, true);
 }
 
 int
@@ -1133,10 +1143,10 @@ kb_store_put_sync(kb_store *s, const char *kind, const char *parent,
                   const char *name, json_t *doc, const kb_put_opts *opts,
                   kb_store_res_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = put_op(s, kind, parent, name, doc, opts, cb, data, &op);
 
-    return rc ? rc : store_run_sync(s, op);
+    return store_start(s, rc, op, true);
 }
 
 int
@@ -1144,10 +1154,10 @@ kb_store_delete_sync(kb_store *s, const char *kind, const char *parent,
                      const char *name, int64_t expect_version,
                      kb_store_res_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = delete_op(s, kind, parent, name, expect_version, cb, data, &op);
 
-    return rc ? rc : store_run_sync(s, op);
+    return store_start(s, rc, op, true);
 }
 
 int
@@ -1155,8 +1165,8 @@ kb_store_list_sync(kb_store *s, const char *kind, const char *parent,
                    size_t page_size, const char *page_token,
                    kb_store_list_cb cb, void *data)
 {
-    store_op *op;
+    store_op *op = NULL;
     int rc = list_op(s, kind, parent, page_size, page_token, cb, data, &op);
 
-    return rc ? rc : store_run_sync(s, op);
+    return store_start(s, rc, op, true);
 }
