@@ -182,7 +182,7 @@ test_validate_bad(void **state)
     reject("{'openapi':{'openapi':'3.0.0','paths':[]}}",
            "/paths: must be an object");
 
-    /* the brief's example: the pointer escapes '/' as ~1 */
+    /* the documented example: the pointer escapes '/' as ~1 */
     reject(OAS3("", "{'/users/{id}':{'get':{'x-google-backend':"
                     "{'address':'ftp://x'}}}}"),
            "/paths/~1users~1{id}/get/x-google-backend/address: not a valid "
