@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -430,6 +431,7 @@ kb__rt_instance_freed(rt_service *svc)
 static void
 service_remove(kb_runtime *rt, rt_service *svc)
 {
+    pthread_mutex_lock(&rt->ep_lock);
     for (rt_service **pp = &rt->services; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == svc) {
             *pp = svc->next;
@@ -437,6 +439,7 @@ service_remove(kb_runtime *rt, rt_service *svc)
         }
     }
     svc->next = NULL;
+    pthread_mutex_unlock(&rt->ep_lock);
     svc->removed = true;
     kb_log_info("service removed", "{s:s}", "service", svc->label);
     reconcile(svc);
@@ -491,11 +494,16 @@ kb_runtime_apply(kb_runtime *rt, const char *project, const char *name,
             set_err(err, errlen, "out of memory");
             return KB_ENOMEM;
         }
+        pthread_mutex_lock(&rt->ep_lock);
         svc->next = rt->services;
         rt->services = svc;
+        pthread_mutex_unlock(&rt->ep_lock);
     }
-    if (svc->spec == NULL || !same_template(svc->spec, spec))
+    if (svc->spec == NULL || !same_template(svc->spec, spec)) {
+        pthread_mutex_lock(&rt->ep_lock);
         svc->generation++;
+        pthread_mutex_unlock(&rt->ep_lock);
+    }
     json_decref(svc->spec);
     free_strv(svc->argv);
     free_strv(svc->env);
@@ -526,37 +534,55 @@ kb_runtime_remove(kb_runtime *rt, const char *project, const char *name)
  * Round robin over running instances of the current spec; while none of
  * those is running yet (a rollout), over the older ones still serving.
  */
+/* The running instances to send to: the current generation's, or while
+ * none of those is ready yet, the previous ones'.  Under ep_lock. */
+static size_t
+endpoints_locked(const rt_service *svc, kb_endpoint *out, size_t max)
+{
+    size_t ncur = 0, n = 0;
+    const rt_instance *in;
+
+    for (in = svc->instances; in != NULL; in = in->next)
+        ncur += in->state == RT_RUNNING && in->generation == svc->generation;
+    for (in = svc->instances; in != NULL && n < max; in = in->next) {
+        if (in->state != RT_RUNNING ||
+            (ncur > 0) != (in->generation == svc->generation))
+            continue;
+        snprintf(out[n].host, sizeof(out[n].host), "127.0.0.1");
+        out[n].port = in->port;
+        n++;
+    }
+    return n;
+}
+
+int
+kb_runtime_endpoints(kb_runtime *rt, const char *project, const char *name,
+                     kb_endpoint *out, size_t max)
+{
+    const rt_service *svc;
+    int rc;
+
+    pthread_mutex_lock(&rt->ep_lock);
+    svc = service_find(rt, project, name);
+    if (svc == NULL)
+        rc = KB_ENOTFOUND;
+    else
+        rc = (int)endpoints_locked(svc, out, max);
+    pthread_mutex_unlock(&rt->ep_lock);
+    return rc == 0 ? KB_EUNAVAIL : rc;
+}
+
 int
 kb_runtime_endpoint(kb_runtime *rt, const char *project, const char *name,
                     kb_endpoint *out)
 {
-    rt_service *svc = service_find(rt, project, name);
-    size_t ncur = 0, nold = 0;
-    rt_instance *in;
+    kb_endpoint eps[KB_RT_MAX_ENDPOINTS];
+    int n = kb_runtime_endpoints(rt, project, name, eps, KB_RT_MAX_ENDPOINTS);
+    static _Atomic unsigned rr;
 
-    if (svc == NULL)
-        return KB_ENOTFOUND;
-    for (in = svc->instances; in != NULL; in = in->next) {
-        if (in->state != RT_RUNNING)
-            continue;
-        if (in->generation == svc->generation)
-            ncur++;
-        else
-            nold++;
-    }
-    size_t n = ncur > 0 ? ncur : nold;
-    if (n == 0)
-        return KB_EUNAVAIL;
-    size_t pick = svc->rr++ % n;
-    for (in = svc->instances; in != NULL; in = in->next) {
-        if (in->state != RT_RUNNING
-            || (ncur > 0) != (in->generation == svc->generation))
-            continue;
-        if (pick-- == 0)
-            break;
-    }
-    snprintf(out->host, sizeof(out->host), "127.0.0.1");
-    out->port = in->port;
+    if (n < 0)
+        return n;
+    *out = eps[atomic_fetch_add(&rr, 1) % (unsigned)n];
     return 0;
 }
 
@@ -592,6 +618,7 @@ rt_closed(uv_handle_t *h)
     close(rt->watch_fd[1]);
     free_strv(rt->base_env);
     free(rt->self_exe);
+    pthread_mutex_destroy(&rt->ep_lock);
     free(rt);
     if (done != NULL)
         done(data);
@@ -789,6 +816,7 @@ kb_runtime_create(uv_loop_t *loop, kb_store *store, const char *self_exe,
         return KB_ENOMEM;
     rt->loop = loop;
     rt->store = store;
+    pthread_mutex_init(&rt->ep_lock, NULL);
     rt->stop_grace_ms = 10000;
     rt->start_timeout_ms = 10000;
     rt->probe_interval_ms = 50;
@@ -823,6 +851,7 @@ out_free_env:
 out_free_exe:
     free(rt->self_exe);
 out_free_rt:
+    pthread_mutex_destroy(&rt->ep_lock);
     free(rt);
     return rc;
 }

@@ -14,7 +14,7 @@
  * when the server dies, and process groups recorded in the store are reaped
  * at the next start.
  *
- * All calls on the loop thread.
+ * All calls on the loop thread, except kb_runtime_endpoint(s).
  */
 #ifndef KB_RUNTIME_H
 #define KB_RUNTIME_H
@@ -53,11 +53,17 @@ int  kb_runtime_apply(kb_runtime *rt, const char *project, const char *name,
                       const json_t *spec, char *err, size_t errlen);
 /* Stop and forget a service.  KB_ENOTFOUND if unknown. */
 int  kb_runtime_remove(kb_runtime *rt, const char *project, const char *name);
+#define KB_RT_MAX_ENDPOINTS 64
+
 /*
- * Pick an instance to send a request to (round robin over running
- * instances).  KB_ENOTFOUND: no such service; KB_EUNAVAIL: it has no
- * running instance right now.
+ * The running instances a request may go to (up to max), for callers that
+ * choose themselves (the gateway picks the least loaded).  Returns how
+ * many (> 0); KB_ENOTFOUND: no such service; KB_EUNAVAIL: it has no
+ * running instance right now.  Safe from any thread.
  */
+int  kb_runtime_endpoints(kb_runtime *rt, const char *project,
+                          const char *name, kb_endpoint *out, size_t max);
+/* One of them, round robin.  Same errors; safe from any thread. */
 int  kb_runtime_endpoint(kb_runtime *rt, const char *project,
                          const char *name, kb_endpoint *out);
 /*

@@ -82,7 +82,6 @@ struct rt_service {
     char        **env;              /* the spec's "K=V", NULL-terminated */
     rt_instance  *instances;
     size_t        ninstances;       /* allocated, including stopping ones */
-    unsigned      rr;               /* round-robin cursor */
     bool          removed;
     kb_counter   *restarts_total;
     kb_gauge     *running;
@@ -95,6 +94,10 @@ struct kb_runtime {
     int           watch_fd[2];      /* [0] every shim inherits; [1] only we
                                        hold: EOF on [0] = the server died */
     char        **base_env;         /* inherited from the server */
+    /* Guards what kb_runtime_endpoint() reads from other threads: the
+     * service and instance lists, instance state and port, generations.
+     * The loop thread takes it to change them, never to read them. */
+    pthread_mutex_t ep_lock;
     rt_service   *services;
     size_t        nservices;        /* allocated, including removed ones */
     int           self_pid;

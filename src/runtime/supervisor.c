@@ -52,7 +52,9 @@ set_state(rt_instance *in, rt_state s)
         kb_gauge_add(in->svc->running, -1);
     else if (in->state != RT_RUNNING && s == RT_RUNNING)
         kb_gauge_add(in->svc->running, 1);
+    pthread_mutex_lock(&in->svc->rt->ep_lock);
     in->state = s;
+    pthread_mutex_unlock(&in->svc->rt->ep_lock);
 }
 
 static void
@@ -61,12 +63,14 @@ maybe_free(rt_instance *in)
     if (in->state != RT_STOPPED || in->open_handles > 0)
         return;
     rt_service *svc = in->svc;
+    pthread_mutex_lock(&svc->rt->ep_lock);
     for (rt_instance **pp = &svc->instances; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == in) {
             *pp = in->next;
             break;
         }
     }
+    pthread_mutex_unlock(&svc->rt->ep_lock);
     free(in);
     kb__rt_instance_freed(svc);
 }
@@ -540,9 +544,11 @@ kb__rt_instance_add(rt_service *svc)
     in->open_handles = 1;
 
     rt_instance **pp = &svc->instances;
+    pthread_mutex_lock(&rt->ep_lock);
     while (*pp != NULL)
         pp = &(*pp)->next;
     *pp = in;
+    pthread_mutex_unlock(&rt->ep_lock);
     svc->ninstances++;
     instance_spawn(in);
     return 0;
