@@ -9,10 +9,10 @@ set -eu
 pkgs="gcc make cmake pkg-config ca-certificates
       libuv1-dev libjansson-dev libyaml-dev libsqlite3-dev libssl-dev
       libcurl4-openssl-dev libnghttp2-dev libcmocka-dev
-      python3 curl procps"
+      python3 curl procps openssl nghttp2-client nghttp2-server"
 for extra in "$@"; do
     case "$extra" in
-    bench) pkgs="$pkgs nginx-light wrk" ;;
+    bench) pkgs="$pkgs nginx-light haproxy wrk" ;;
     fuzz)  pkgs="$pkgs clang libclang-rt-14-dev" ;;
     *) echo "deps.sh: unknown group '$extra' (bench, fuzz)" >&2; exit 2 ;;
     esac

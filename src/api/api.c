@@ -42,13 +42,15 @@ typedef struct api_kind {
 
 /* What the router hands back for a match. */
 typedef struct api_target {
-    const api_route *route;
-    const api_kind  *kind;      /* NULL for routes that are not per kind */
+    const api_route   *route;
+    const api_kind    *kind;    /* NULL for routes that are not per kind */
+    const kb_api_verb *verb;    /* custom methods (h_verb) */
 } api_target;
 
 static const kb_api_family *const api_families[] = {
     &kb_api_services,
     &kb_api_gateways,
+    &kb_api_apikeys,
 };
 #define NFAMILIES (sizeof(api_families) / sizeof(api_families[0]))
 
@@ -72,10 +74,12 @@ struct api_call {
     char             parent[96];
     json_t          *spec;       /* new spec to store (owned) */
     json_t          *old_doc;    /* doc before an update (owned) */
+    json_t          *reveal;     /* added to this response only (owned) */
     int64_t          old_version;
     char             errmsg[512];
     int              err;
     int              status;     /* HTTP status of a deferred error */
+    const kb_api_verb *verb;     /* h_verb's */
 };
 
 static void h_healthz(api_call *c);
@@ -86,6 +90,12 @@ static void h_get(api_call *c);
 static void h_create(api_call *c);
 static void h_update(api_call *c);
 static void h_delete(api_call *c);
+static void h_verb(api_call *c);
+
+/* The route every custom method (…/{name}:VERB) goes through. */
+static const api_route verb_route = {
+    "POST", "/v1/projects/{project}/%s/{name}:%s", h_verb, true
+};
 
 static const api_route global_routes[] = {
     { "GET", "/healthz",    h_healthz, false },
@@ -102,6 +112,7 @@ static const api_route kind_routes[] = {
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+#define API_MAX_VERBS 8                /* custom methods per kind */
 
 /* Responses --------------------------------------------------------------- */
 
@@ -201,6 +212,8 @@ respond_resource(api_call *c, const kb_resource *res)
 {
     json_t *out = resource_json(c->api, c->kind, c->project, res);
 
+    if (out != NULL && c->reveal != NULL)
+        json_object_update(out, c->reveal);
     if (out == NULL) {
         api_error(c, 500, "INTERNAL", "out of memory");
         return;
@@ -285,6 +298,13 @@ check_spec(api_call *c)
     }
     why[0] = '\0';
     rc = c->kind->family->validate(c->api, c->spec, why, sizeof(why));
+    if (rc == 0 && c->kind->family->prepare != NULL)
+        rc = c->kind->family->prepare(c->api, c->spec, c->old_doc, &c->reveal,
+                                      why, sizeof(why));
+    if (rc == KB_ENOMEM) {
+        api_error(c, 500, "INTERNAL", "out of memory");
+        return false;
+    }
     if (rc != 0) {
         api_error(c, 400, "INVALID_ARGUMENT", "%s",
                   why[0] ? why : "invalid specification");
@@ -484,6 +504,7 @@ call_cleanup(void *data)
 
     json_decref(c->spec);
     json_decref(c->old_doc);
+    json_decref(c->reveal);
 }
 
 static void
@@ -737,7 +758,14 @@ kb_api_handle(kb_http_req *req, void *data)
             return;
         }
     }
+    c->verb = t->verb;
     t->route->handler(c);
+}
+
+static void
+h_verb(api_call *c)
+{
+    c->verb->run(c->api, c->req, c->project, c->name);
 }
 
 /* Setup ------------------------------------------------------------------- */
@@ -767,6 +795,29 @@ add_route(kb_api *api, const api_route *r, const api_kind *k)
     return rc;
 }
 
+static int
+add_verb_route(kb_api *api, const kb_api_verb *v, const api_kind *k)
+{
+    char pattern[256];
+    const char *why = NULL;
+    api_target *t;
+    int rc;
+
+    if (v - k->family->verbs >= API_MAX_VERBS)
+        return KB_ETOOBIG;
+    t = &api->targets[api->ntargets++];
+    t->route = &verb_route;
+    t->kind = k;
+    t->verb = v;
+    snprintf(pattern, sizeof(pattern), verb_route.pattern,
+             k->kind->collection, v->verb);
+    rc = kb_router_add(api->router, verb_route.method, pattern, t, &why);
+    if (rc != 0)
+        kb_log_error("bad API route", "{s:s, s:s}", "pattern", pattern,
+                     "error", why ? why : kb_strerror(rc));
+    return rc;
+}
+
 int
 kb_api_create(const kb_api_ctx *ctx, kb_api **out)
 {
@@ -779,7 +830,8 @@ kb_api_create(const kb_api_ctx *ctx, kb_api **out)
     api->token = strdup(ctx->token);
     api->ctx.token = api->token;
     api->router = kb_router_create();
-    api->targets = calloc(NELEM(global_routes) + NFAMILIES * NELEM(kind_routes),
+    api->targets = calloc(NELEM(global_routes) +
+                          NFAMILIES * (NELEM(kind_routes) + API_MAX_VERBS),
                           sizeof(*api->targets));
     if (api->token == NULL || api->router == NULL || api->targets == NULL)
         goto out_free;
@@ -798,6 +850,10 @@ kb_api_create(const kb_api_ctx *ctx, kb_api **out)
         }
         for (size_t i = 0; i < NELEM(kind_routes); i++)
             if ((rc = add_route(api, &kind_routes[i], &api->kinds[k])) != 0)
+                goto out_free;
+        for (const kb_api_verb *v = api_families[k]->verbs;
+             v != NULL && v->verb != NULL; v++)
+            if ((rc = add_verb_route(api, v, &api->kinds[k])) != 0)
                 goto out_free;
     }
     *out = api;

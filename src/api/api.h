@@ -34,6 +34,16 @@ typedef struct kb_api_ctx {
  * auth, field checks (kinds.h) and persistence; the family checks meaning
  * and makes the plane follow the stored state.
  */
+/*
+ * A custom method of a kind, Google style: POST .../{name}:VERB.  The
+ * handler answers the request itself (any JSON body is in req->body).
+ */
+typedef struct kb_api_verb {
+    const char *verb;                      /* "purgeCache" */
+    void      (*run)(kb_api *api, kb_http_req *req, const char *project,
+                     const char *name);
+} kb_api_verb;
+
 typedef struct kb_api_family {
     const char *kind;                      /* "Service" */
     /* Check a spec beyond its field types; KB_EINVAL + message. */
@@ -46,10 +56,21 @@ typedef struct kb_api_family {
     void    (*remove)(kb_api *api, const char *project, const char *name);
     /* Live status object or NULL (new reference). */
     json_t *(*status)(kb_api *api, const char *project, const char *name);
+    /*
+     * Optional: turn a checked spec into what is stored, before it is
+     * (create and update; old_doc is the stored doc on update, else NULL).
+     * Fields put in *reveal (a new object, or leave NULL) are added to
+     * this one response and never stored: a generated secret, say.
+     * KB_EINVAL + message.
+     */
+    int     (*prepare)(kb_api *api, json_t *spec, const json_t *old_doc,
+                       json_t **reveal, char *err, size_t errlen);
+    const kb_api_verb *verbs;              /* NULL-terminated by verb */
 } kb_api_family;
 
 extern const kb_api_family kb_api_services;
 extern const kb_api_family kb_api_gateways;
+extern const kb_api_family kb_api_apikeys;
 
 int  kb_api_create(const kb_api_ctx *ctx, kb_api **out);
 /* The kb_http_handler of the api listener (data = the kb_api). */

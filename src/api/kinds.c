@@ -49,6 +49,21 @@ static const kb_field gateway_fields[] = {
       "Host names this gateway answers for (empty: every host)." },
 };
 
+static const kb_field apikey_fields[] = {
+    { "keyString", KB_FIELD_STRING, false, 0, 256, false,
+      "The key (16 to 256 characters). Omit it to have one generated: it is "
+      "shown once, in the answer to the create call. Only its SHA-256 is "
+      "stored; a later update without keyString keeps the key." },
+    { "gateways", KB_FIELD_STRING_LIST, false, 0, 64, false,
+      "Gateways of the project that accept this key (empty: all)." },
+    { "displayName", KB_FIELD_STRING, false, 0, 256, false,
+      "A label for people." },
+    { "keyHash", KB_FIELD_STRING, false, 0, 64, false,
+      "Output only: the key's SHA-256 (hex); ignored on input." },
+    { "keyPrefix", KB_FIELD_STRING, false, 0, 8, false,
+      "Output only: the key's first 8 characters, to tell keys apart." },
+};
+
 static const kb_kind kind_service = {
     "Service", "services", "service",
     "A program kiban keeps running as local processes.",
@@ -61,7 +76,15 @@ static const kb_kind kind_gateway = {
     gateway_fields, sizeof(gateway_fields) / sizeof(gateway_fields[0]),
 };
 
-const kb_kind *const kb_kinds[] = { &kind_service, &kind_gateway, NULL };
+static const kb_kind kind_apikey = {
+    "ApiKey", "apiKeys", "apiKey",
+    "A key clients send to gateways whose spec has an apiKey security "
+    "scheme.",
+    apikey_fields, sizeof(apikey_fields) / sizeof(apikey_fields[0]),
+};
+
+const kb_kind *const kb_kinds[] = { &kind_service, &kind_gateway,
+                                    &kind_apikey, NULL };
 
 /* Groups of fields of which exactly one must be set. */
 typedef struct kind_one_of {

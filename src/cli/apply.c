@@ -54,6 +54,10 @@ apply_one(kb_cli *c, const kb_cli_manifest *it, bool dry)
 out_print:
     fprintf(kb_cli__out(), "%s/%s %s%s\n", k->singular, it->name, done,
             dry ? " (dry run)" : "");
+    /* a secret the server generated is shown once (ApiKey) */
+    if (json_is_string(json_object_get(resp, "keyString")))
+        fprintf(kb_cli__out(), "  keyString: %s (shown once: keep it)\n",
+                json_string_value(json_object_get(resp, "keyString")));
     fflush(kb_cli__out());
     rc = KB_CLI_EXIT_OK;
     goto out_free;

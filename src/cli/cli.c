@@ -52,6 +52,22 @@ static const kb_cli_flag get_flags[] = {
     { NULL, 0, NULL, false, NULL },
 };
 
+static const kb_cli_flag create_key_flags[] = {
+    { "gateway", 0, "NAME", false,
+      "Accept the key only on this gateway (repeat; default: every gateway "
+      "of the project)" },
+    { "key", 0, "KEY", false,
+      "Use this key instead of a generated one (e.g. one moved from Google)" },
+    { "display-name", 0, "TEXT", false, "A label for people" },
+    { NULL, 0, NULL, false, NULL },
+};
+
+static const kb_cli_flag purge_flags[] = {
+    { "path-prefix", 0, "PATH", false,
+      "Only responses to request paths starting with PATH" },
+    { NULL, 0, NULL, false, NULL },
+};
+
 static const kb_cli_flag no_flags[] = {
     { NULL, 0, NULL, false, NULL },
 };
@@ -79,6 +95,17 @@ const kb_cli_verb kb_cli__verbs[] = {
       "Delete a resource",
       "Deletes the named resource; a Service's processes are stopped.",
       no_flags, 2, 2, false, true, kb_cli__delete, NULL },
+    { "create-key", "create-key NAME [--gateway G]... [--key KEY]",
+      "Create an API key and print it",
+      "Creates ApiKey NAME and prints the key: the only time it is shown\n"
+      "(kiban stores its SHA-256).  Clients send it where the gateway's\n"
+      "apiKey security scheme says (e.g. ?key=...).",
+      create_key_flags, 1, 1, false, true, kb_cli__create_key, NULL },
+    { "purge-cache", "purge-cache GATEWAY [--path-prefix PATH]",
+      "Drop a gateway's cached responses",
+      "Drops every response the gateway has cached (x-kiban-cache), or\n"
+      "those of request paths starting with PATH; prints how many.",
+      purge_flags, 1, 1, false, true, kb_cli__purge_cache, NULL },
     { "version", "version",
       "Print the client's version, and the server's if it is reachable",
       "Prints 'kiban VERSION', then 'server VERSION' when the admin API\n"

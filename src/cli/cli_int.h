@@ -159,6 +159,9 @@ int  kb_cli__apply(kb_cli *c);
 int  kb_cli__get(kb_cli *c);
 int  kb_cli__delete(kb_cli *c);
 int  kb_cli__version(kb_cli *c);
+/* gateway_verbs.c */
+int  kb_cli__create_key(kb_cli *c);
+int  kb_cli__purge_cache(kb_cli *c);
 /* "42s", "5m", "3h", "12d", "2y" since an RFC 3339 time; "-" if unknown. */
 void kb_cli__age(const char *rfc3339, time_t now, char *buf, size_t len);
 

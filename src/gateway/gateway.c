@@ -25,15 +25,19 @@ kb_gateway_create(uv_loop_t *loop, kb_http_client *client, kb_runtime *rt,
     gw->loop = loop;
     gw->client = client;
     gw->rt = rt;
-    gw->resolve = rt != NULL ? kb_runtime_endpoint : NULL;
+    gw->resolve = rt != NULL ? kb_runtime_endpoints : NULL;
+    atomic_init(&gw->retry_budget, 10000);   /* 10 retries banked */
     if (pthread_mutex_init(&gw->lock, NULL) != 0) {
         free(gw);
         return KB_ENOMEM;
     }
-    rc = gw__table_build(NULL, 0, NULL, &gw->table, NULL, 0);
-    if (rc != 0) {
-        pthread_mutex_destroy(&gw->lock);
-        free(gw);
+    if ((rc = gw__table_build(NULL, 0, NULL, &gw->table, NULL, 0)) != 0 ||
+        (rc = gw__instances_create(&gw->instances)) != 0 ||
+        (rc = kb_gateway_set_access_log(gw, "stderr")) != 0 ||
+        (rc = gw__auth_init(gw)) != 0 ||
+        (rc = gw__ratelimit_init(gw)) != 0 ||
+        (rc = gw__cache_init(gw)) != 0) {
+        kb_gateway_free(gw);
         return rc;
     }
     *out = gw;
@@ -65,6 +69,7 @@ swap_in(kb_gateway *gw, gw_spec **specs, size_t nspecs, gw_table *table)
     pthread_mutex_lock(&gw->lock);
     old_table = gw->table;
     gw->table = table;
+    atomic_fetch_add(&gw->table_gen, 1);
     pthread_mutex_unlock(&gw->lock);
     gw->specs = specs;
     gw->nspecs = nspecs;
@@ -110,6 +115,7 @@ kb_gateway_set(kb_gateway *gw, const char *project, const char *name,
         return rc;                   /* the previous table keeps serving */
     }
     swap_in(gw, list, n, table);
+    (void)kb_gateway_cache_purge(gw, project, name, NULL); /* a new spec */
     kb_log_info("gateway installed", "{s:s, s:s, s:i, s:i}", "project",
                 project, "name", name, "routes", (int)s->nroutes, "hosts",
                 (int)s->nhosts);
@@ -141,6 +147,7 @@ kb_gateway_remove(kb_gateway *gw, const char *project, const char *name)
         return rc;
     }
     swap_in(gw, list, n, table);
+    (void)kb_gateway_cache_purge(gw, project, name, NULL);
     kb_log_info("gateway removed", "{s:s, s:s}", "project", project, "name",
                 name);
     return 0;
@@ -151,12 +158,28 @@ kb_gateway_free(kb_gateway *gw)
 {
     if (gw == NULL)
         return;
+    gw__cache_fini(gw);
+    gw__ratelimit_fini(gw);
+    gw__auth_fini(gw);
+    gw__accesslog_free(gw);
+    gw__instances_free(gw->instances);
+    free(gw->ca_file);
     gw__table_unref(gw->table);
     for (size_t i = 0; i < gw->nspecs; i++)
         gw__spec_unref(gw->specs[i]);
     free(gw->specs);
     pthread_mutex_destroy(&gw->lock);
     free(gw);
+}
+
+/* What a route's requests go to, for status. */
+static const char *
+route_backend(const gw_route *r)
+{
+    if (r->backend == NULL)
+        return "(aggregate)";
+    return r->backend->service != NULL ? r->backend->service
+                                       : r->backend->authority;
 }
 
 json_t *
@@ -172,8 +195,35 @@ kb_gateway_status(kb_gateway *gw, const char *project, const char *name)
     routes = json_array();
     for (size_t r = 0; r < s->nroutes; r++)
         json_array_append_new(routes, json_pack("{s:s, s:s}", "route",
-            s->routes[r].label, "backend", s->routes[r].backend->service
-            ? s->routes[r].backend->service : s->routes[r].backend->authority));
+            s->routes[r].label, "backend", route_backend(&s->routes[r])));
     return json_pack("{s:I, s:o}", "routeCount", (json_int_t)s->nroutes,
                      "routes", routes);
+}
+
+void
+kb_gateway_set_cache_size(kb_gateway *gw, size_t bytes)
+{
+    /* the cache takes its size at init: make it anew (no traffic yet) */
+    gw__cache_fini(gw);
+    gw->cache_max_bytes = bytes;
+    if (gw__cache_init(gw) != 0)
+        kb_log_error("cannot create the response cache", NULL);
+}
+
+int
+kb_gateway_set_ca_file(kb_gateway *gw, const char *path)
+{
+    char *copy = path != NULL ? strdup(path) : NULL;
+
+    if (path != NULL && copy == NULL)
+        return KB_ENOMEM;
+    free(gw->ca_file);
+    gw->ca_file = copy;
+    return 0;
+}
+
+void
+kb_gateway_shutdown(kb_gateway *gw)
+{
+    gw__auth_shutdown(gw);
 }

@@ -48,8 +48,53 @@ int  kb_gateway_remove(kb_gateway *gw, const char *project, const char *name);
  * an installed gateway, NULL if unknown.  New reference. */
 json_t *kb_gateway_status(kb_gateway *gw, const char *project,
                           const char *name);
-/* The kb_http_handler for the gateway listener (data = the kb_gateway). */
-void kb_gateway_handle(kb_http_req *req, void *gw);
+/*
+ * API keys (kind ApiKey): the gateway keeps each key's SHA-256 (lower-case
+ * hex), never the key.  A key is accepted by the gateways of its project,
+ * or only by those named in `gateways` (NULL or empty: all).  set replaces.
+ * 0, KB_EINVAL, KB_ENOMEM; remove: KB_ENOTFOUND.  Any thread.
+ */
+int  kb_gateway_key_set(kb_gateway *gw, const char *project, const char *name,
+                        const char *sha256_hex, const json_t *gateways);
+int  kb_gateway_key_remove(kb_gateway *gw, const char *project,
+                           const char *name);
+/*
+ * Drop cached responses of gateway project/name: all of them, or those
+ * whose request path starts with `path_prefix`.  Returns how many were
+ * dropped (>= 0).  Any thread.
+ */
+long kb_gateway_cache_purge(kb_gateway *gw, const char *project,
+                            const char *name, const char *path_prefix);
+
+/*
+ * Data-path workers: one per loop that serves the gateway listener (the
+ * server runs one loop per core, each with its own SO_REUSEPORT listener).
+ * A worker has its own upstream connection pools.  Create and close on
+ * the worker's loop thread; after close the loop must run until its
+ * handles are closed (the worker frees itself then).
+ */
+typedef struct gw_worker kb_gateway_worker;
+int  kb_gateway_worker_create(kb_gateway *gw, uv_loop_t *loop,
+                              kb_gateway_worker **out);
+/* Shutdown begins: stop background work (JWKS fetches) and hand every
+ * waiting request back to its worker now.  Any thread, before the
+ * workers close. */
+void kb_gateway_shutdown(kb_gateway *gw);
+void kb_gateway_worker_close(kb_gateway_worker *w);
+/*
+ * Where access-log lines go: "stderr" (default), "stdout", "off", or a
+ * file path (opened for append, 0640).  0, or -errno from open().
+ */
+int  kb_gateway_set_access_log(kb_gateway *gw, const char *where);
+
+/* Extra CA certificates (PEM file) trusted for https backends and JWKS
+ * URLs, besides the system's; before the workers start.  0, KB_ENOMEM. */
+int  kb_gateway_set_ca_file(kb_gateway *gw, const char *path);
+/* Memory for the response cache (0 → 64 MiB); before traffic. */
+void kb_gateway_set_cache_size(kb_gateway *gw, size_t bytes);
+
+/* The kb_http_handler for the gateway listener (data = a worker). */
+void kb_gateway_handle(kb_http_req *req, void *worker);
 void kb_gateway_free(kb_gateway *gw);
 
 #endif

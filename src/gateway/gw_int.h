@@ -17,6 +17,7 @@
 #include "core/buf.h"
 #include "core/metrics.h"
 #include "gateway/gateway.h"
+#include "http/client.h"
 #include "http/router.h"
 
 #define GW_DEFAULT_DEADLINE_S 15.0
@@ -42,9 +43,20 @@ typedef struct gw_backend {
     char               *path;        /* address path; "" when none */
     gw_path_translation pt;
     uint64_t            deadline_ms;
+    bool                tls;         /* https:// address */
+    bool                h2;          /* protocol: h2 (gRPC passthrough) */
+    char               *jwt_audience; /* accepted, see docs/gateway.md */
+    bool                disable_auth;
 } gw_backend;
 
 struct gw_spec;
+struct gw_auth;          /* auth.c: the route's security requirements */
+struct gw_auth_spec;     /* auth.c: the spec's compiled security schemes */
+struct gw_validation;    /* validate.c: parameter and body schemas */
+struct gw_ratelimit;     /* ratelimit.c: the route's limit */
+struct gw_cors;          /* cors.c: the route's CORS policy */
+struct gw_cache_policy;  /* cache.c: x-kiban-cache */
+struct gw_aggregate;     /* aggregate.c: x-kiban-aggregate */
 
 /*
  * One operation (method + path template) of one gateway.  Immutable once
@@ -64,8 +76,16 @@ typedef struct gw_route {
     const gw_backend     *backend;
     const struct gw_spec *spec;
     const json_t         *op;
+    /* per-route policies, each compiled by its module (NULL: none) */
+    struct gw_auth         *auth;
+    struct gw_validation   *validation;
+    struct gw_ratelimit    *ratelimit;
+    struct gw_cors         *cors;
+    struct gw_cache_policy *cache;
+    struct gw_aggregate    *aggregate;
     _Atomic(kb_counter *)   requests[5];   /* by class: 1xx … 5xx */
     _Atomic(kb_histogram *) upstream_seconds;
+    _Atomic(kb_histogram *) duration[5];   /* by class: whole request */
 } gw_route;
 
 /* A compiled Gateway spec (reference counted: tables share them). */
@@ -80,6 +100,8 @@ typedef struct gw_spec {
     size_t        nroutes;
     gw_backend   *backends;
     json_t       *spec;              /* deep copy of the spec given */
+    const json_t *doc;               /* its "openapi" member */
+    struct gw_auth_spec *auth;       /* security schemes (auth.c) */
 } gw_spec;
 
 /* Host name → the router serving it. */
@@ -103,20 +125,280 @@ typedef struct gw_table {
 } gw_table;
 
 /* How service://NAME finds an instance: kb_runtime_endpoint, or a fake in
- * unit tests (same contract). */
+ * unit tests (kb_runtime_endpoints' contract).  Any thread. */
 typedef int (*gw_resolve_fn)(kb_runtime *rt, const char *project,
-                             const char *name, kb_endpoint *out);
+                             const char *name, kb_endpoint *out, size_t max);
 
+struct gw_jwks;          /* auth.c/jwks.c: key sets by URI or file */
+struct gw_keys;          /* auth.c: API keys */
+struct gw_rl_state;      /* ratelimit.c: token buckets */
+struct gw_cache;         /* cache.c: the response cache */
+struct gw_worker;
+struct gw_instances;     /* worker.c: per-instance load and ejection */
+struct gw_accesslog;     /* worker.c: where access-log lines go */
+
+/*
+ * The gateway: shared by the control loop (set/remove/status, admin calls)
+ * and every data-path worker (one loop per core).  Gateway-wide state of
+ * the policy modules hangs here; each module makes its own state
+ * thread-safe.
+ */
 struct kb_gateway {
-    uv_loop_t       *loop;
-    kb_http_client  *client;
+    uv_loop_t       *loop;           /* the control loop */
+    kb_http_client  *client;         /* the control loop's client */
     kb_runtime      *rt;
     gw_resolve_fn    resolve;
     pthread_mutex_t  lock;           /* guards `table` for acquire/swap */
     gw_table        *table;
+    _Atomic uint64_t table_gen;      /* bumped on every swap */
     gw_spec        **specs;          /* current gateways, in set order */
     size_t           nspecs;
+    struct gw_instances *instances;
+    struct gw_accesslog *accesslog;
+    _Atomic int64_t     retry_budget;    /* milli-retries (proxy.c) */
+    char               *ca_file;         /* extra CAs: https, JWKS; NULL */
+    struct gw_jwks     *jwks;
+    struct gw_keys     *keys;
+    struct gw_rl_state *rl;
+    struct gw_cache    *cache;
+    /* --- cache.c: response cache ceiling in bytes (0 → 64 MiB); read
+     * on every store: set it before the gateway serves traffic --- */
+    size_t              cache_max_bytes;
+    /* --- end cache.c --- */
 };
+
+/*
+ * One data-path loop: its own HTTP client pools, and a queue through
+ * which other threads hand requests back to it (gw__post).
+ */
+typedef struct gw_worker {
+    kb_gateway      *gw;
+    uv_loop_t       *loop;
+    kb_http_client  *client;         /* HTTP/1.1 upstreams */
+    struct kb_curl_client *xclient;  /* https and h2 upstreams */
+    uv_async_t       wake;
+    pthread_mutex_t  lock;           /* guards the posted queue */
+    struct gw_ctx   *posted_head, *posted_tail;
+    gw_table        *table;          /* cached reference to gw->table … */
+    uint64_t         table_gen;      /* … as of this generation */
+    kb_buf           log;            /* access-log lines not yet written */
+    uv_timer_t       log_timer;      /* flushes `log` every second */
+    bool             closing;
+    int              open_handles;   /* closing: freed when 0 */
+    size_t           live;           /* requests whose ctx exists */
+} gw_worker;
+
+/* ------------------------------------------------------------------------ */
+/* One request in flight, and what the stages share about it.               */
+
+#define GW_MAX_EXTRA 16              /* headers a stage may add */
+
+typedef enum gw_step {
+    GW_NEXT,                     /* go on with the next stage */
+    GW_DONE,                     /* the request has been answered */
+    GW_PENDING                   /* gw__resume / gw__post continues it */
+} gw_step;
+
+/* Where one upstream call goes: from gw__backend_pick(). */
+typedef struct gw_pick {
+    const char *host;
+    int         port;
+    char        authority[80];       /* Host header */
+    bool        tls, h2;
+    void       *instance;            /* for load/outlier accounting */
+} gw_pick;
+
+/* Called with the upstream's answer before it is relayed (cache.c). */
+typedef void (*gw_response_fn)(struct gw_ctx *c, const kb_http_client_res *res);
+
+typedef struct gw_ctx {
+    kb_gateway          *gw;
+    gw_worker           *w;
+    kb_http_req         *req;        /* the request pool holds this ctx */
+    gw_table            *table;      /* our reference */
+    size_t               stage;
+    const gw_route      *route;
+    kb_route_match       match;
+    char                 request_id[GW_MAX_REQUEST_ID + 1];
+    char                 traceparent[GW_TRACEPARENT_LEN + 1];
+    bool                 trace_continued;
+    bool                 answered;
+    bool                 aborted;    /* client gone while PENDING */
+
+    /* set by auth.c when a credential was verified */
+    json_t              *claims;     /* verified JWT claims (own ref) */
+    const char          *subject;    /* "iss|sub", or "key:NAME"; pool */
+    const char          *api_key;    /* the API key's name; pool */
+
+    /* headers stages add: to the upstream request, to any answer */
+    kb_http_header       up_extra[GW_MAX_EXTRA];
+    size_t               n_up_extra;
+    kb_http_header       res_extra[GW_MAX_EXTRA];
+    size_t               n_res_extra;
+
+    gw_response_fn       on_response;
+    void                *on_response_data;
+
+    /* --- cache.c / aggregate.c: per-request state (in the pool) --- */
+    struct gw_cache_req *cache_req;
+    struct gw_agg_req   *agg_req;
+    /* --- end cache.c / aggregate.c --- */
+
+    /* proxy.c's own */
+    const char          *what;       /* metrics label without a route */
+    const char          *cache_state;/* "HIT"/"MISS"/…: access log */
+    gw_pick              pick;
+    bool                 picked;
+    kb_buf               target;
+    void                *call;
+    uint64_t             upstream_start_ns;
+    uint64_t             upstream_ns;    /* summed over attempts */
+    uint64_t             deadline_ns;    /* monotonic, for retries */
+    int                  attempts;
+    struct gw_ctx       *posted_next;
+} gw_ctx;
+
+/* proxy.c: what stages use ---------------------------------------------- */
+
+/*
+ * Answer the request (counted, logged, res_extra headers added).  The ctx
+ * lives in the request pool: do not touch c after.  `what` labels
+ * requests without a route in metrics (NULL when c->route is set).
+ */
+void gw__respond(gw_ctx *c, int status, const kb_http_header *headers,
+                 size_t nheaders, const char *body, size_t body_len);
+/* JSON body; steals `body`. */
+void gw__respond_json(gw_ctx *c, int status, json_t *body);
+/* kiban's JSON error body {"error":{code,status,message}}. */
+void gw__respond_error(gw_ctx *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Add a header to the upstream request (upstream = true) or to whatever
+ * answer the request gets.  name/value are copied into the pool.  0,
+ * KB_ETOOBIG (GW_MAX_EXTRA reached), KB_ENOMEM. */
+int  gw__header_add(gw_ctx *c, bool upstream, const char *name,
+                    const char *value);
+/* Continue the pipeline of a PENDING request: on its own loop thread. */
+void gw__resume(gw_ctx *c);
+/* Same, from any thread: queues c to its worker's loop. */
+void gw__post(gw_ctx *c);
+/*
+ * Choose where a call to backend b goes (service:// → the least loaded
+ * healthy instance).  0; KB_ENOTFOUND (no such service); KB_EUNAVAIL (no
+ * running instance).  Every successful pick is paired with one
+ * gw__backend_done() with the call's outcome (err, or the HTTP status).
+ */
+int  gw__backend_pick(gw_ctx *c, const gw_backend *b, gw_pick *out);
+void gw__backend_done(gw_ctx *c, gw_pick *p, int err, int status);
+/*
+ * Send one upstream call over the worker's HTTP/1.1 client, or its
+ * https/h2 client as p says.  Same contract as kb_http_client_send; the
+ * handle cancels with gw__upstream_cancel().
+ */
+int  gw__upstream_send(gw_ctx *c, const gw_pick *p,
+                       const kb_http_client_req *req, kb_http_client_cb cb,
+                       void *data, void **handle);
+void gw__upstream_cancel(gw_ctx *c, void *handle);
+
+/* worker.c ---------------------------------------------------------------- */
+
+/* A request's ctx is gone (pairs with live++ in kb_gateway_handle); the
+ * last one lets a closing worker finish. */
+void gw__worker_release(gw_worker *w);
+/* A new reference to the current route table (worker-cached). */
+gw_table *gw__worker_table(gw_worker *w);
+/* Append the access-log line of an answered request to its worker's
+ * buffer (written when full, and every second). */
+void gw__accesslog(gw_ctx *c, int status, size_t bytes);
+void gw__accesslog_free(kb_gateway *gw);
+/* Per-instance bookkeeping (least-loaded choice, outlier ejection). */
+int  gw__instances_create(struct gw_instances **out);
+void gw__instances_free(struct gw_instances *in);
+
+/* Policy modules ---------------------------------------------------------
+ *
+ * Each module compiles its per-route policy from route->op (and the
+ * document, spec->doc) after openapi.c has built the routes, frees what it
+ * compiled, and runs a stage.  compile: 0, or KB_EINVAL with
+ * "JSON-pointer: reason" in err (the whole spec is rejected), KB_ENOMEM.
+ * Stages run on any worker thread, concurrently.  Gateway-wide state:
+ * init at kb_gateway_create (0 or -errno), fini at kb_gateway_free.
+ *
+ * Pipeline: identity → route → cors → auth → ratelimit → validate →
+ *           cache → aggregate → backend → upstream
+ */
+int     gw__cors_compile(gw_spec *s, char *err, size_t errlen);
+void    gw__cors_release(gw_spec *s);
+gw_step gw__cors_stage(gw_ctx *c);
+/* Called by the route stage for an OPTIONS request without an OPTIONS
+ * route: true if it answered it as a CORS preflight. */
+bool    gw__cors_preflight(gw_ctx *c, const kb_router *router);
+
+int     gw__auth_init(kb_gateway *gw);
+void    gw__auth_fini(kb_gateway *gw);
+int     gw__auth_compile(gw_spec *s, char *err, size_t errlen);
+void    gw__auth_release(gw_spec *s);
+gw_step gw__auth_stage(gw_ctx *c);
+/* --- auth.c additions (auth helper) -------------------------------------
+ * Headers the auth stage sets on the upstream request after verifying a
+ * JWT: the token's payload segment (base64url JSON, as Google sends it)
+ * and the original Authorization header (which itself is forwarded
+ * unchanged, as ESPv2 does).  A backend trusts them, so proxy.c must drop
+ * any the client sent, on every route: gw__auth_header_reserved(name).
+ * c->claims, when set, is shared with the token cache: read only. */
+#define GW_USERINFO_HEADER "X-Apigateway-Api-Userinfo"
+#define GW_FWD_AUTH_HEADER "X-Forwarded-Authorization"
+bool    gw__auth_header_reserved(const char *name);
+/* A request may wait in the auth stage (GW_PENDING) for a JWKS fetch, up
+ * to 5 s, and is then posted back to its worker from the fetch thread.
+ * Call this when shutdown begins, while the workers' loops still run and
+ * before any worker is closed: it aborts the fetch and posts every waiter
+ * at once (they are refused), and no request waits after it. */
+void    gw__auth_shutdown(kb_gateway *gw);
+/* --- end auth.c additions ----------------------------------------------- */
+
+int     gw__ratelimit_init(kb_gateway *gw);
+void    gw__ratelimit_fini(kb_gateway *gw);
+int     gw__ratelimit_compile(gw_spec *s, char *err, size_t errlen);
+void    gw__ratelimit_release(gw_spec *s);
+gw_step gw__ratelimit_stage(gw_ctx *c);
+
+int     gw__validate_compile(gw_spec *s, char *err, size_t errlen);
+void    gw__validate_release(gw_spec *s);
+gw_step gw__validate_stage(gw_ctx *c);
+
+int     gw__cache_init(kb_gateway *gw);
+void    gw__cache_fini(kb_gateway *gw);
+int     gw__cache_compile(gw_spec *s, char *err, size_t errlen);
+void    gw__cache_release(gw_spec *s);
+gw_step gw__cache_stage(gw_ctx *c);
+
+int     gw__aggregate_compile(gw_spec *s, char *err, size_t errlen);
+void    gw__aggregate_release(gw_spec *s);
+gw_step gw__aggregate_stage(gw_ctx *c);
+
+/* --- cache.c: what aggregate.c uses to cache each call's answer --------
+ *
+ * An x-kiban-cache value compiled on its own (a call's `cache`), and a
+ * lookup/store of one call's answer under a key made of the policy (vary,
+ * public), the request (gateway, path, subject or credential) and `what`
+ * (the call: route, name, resolved target).  get: 0 and the body copied
+ * into `body`, or KB_ENOTFOUND (also when the cache is off or the key is
+ * too long).  put: stores res per the same rules as whole responses
+ * (status, Cache-Control, Set-Cookie …); 0, or a negative error when not
+ * stored (not fatal).  Any worker thread.
+ */
+int  gw__cache_policy_parse(const json_t *v, const char *pointer,
+                            struct gw_cache_policy **out, char *err,
+                            size_t errlen);
+void gw__cache_policy_free(struct gw_cache_policy *p);
+int  gw__cache_call_get(gw_ctx *c, const struct gw_cache_policy *p,
+                        const char *what, kb_buf *body);
+int  gw__cache_call_put(gw_ctx *c, const struct gw_cache_policy *p,
+                        const char *what, const kb_http_client_res *res);
+/* A duration: a number of seconds, or "500ms", "30s", "5m", "1h".  0 and
+ * *out_ms (at least 1), or KB_EINVAL. */
+int  gw__cache_duration(const json_t *v, uint64_t *out_ms);
+/* --- end cache.c --- */
 
 /* openapi.c ------------------------------------------------------------- */
 

@@ -68,6 +68,7 @@ typedef struct cc {
     size_t        base_len;
     kb_router    *router;            /* catches duplicates inside the spec */
     size_t        routes_cap;
+    bool          allow_cors;        /* x-google-endpoints allowCors */
 } cc;
 
 static int
@@ -168,14 +169,21 @@ dup_n(const char *s, size_t n)
 const char *
 gw__address_parse(const char *a, gw_backend *b)
 {
+    /* scheme → TLS, HTTP/2, default port (grpc:// as ESPv2 takes it) */
+    static const struct {
+        const char *scheme;
+        bool        tls, h2;
+        long        port;
+    } schemes[] = {
+        { "http://", false, false, 80 },   { "https://", true, false, 443 },
+        { "grpc://", false, true, 80 },    { "grpcs://", true, true, 443 },
+    };
     const char *auth, *end, *path, *host, *hend, *colon = NULL;
     const char *why;
-    long port = 80;
+    long port = 80, default_port;
     bool v6 = false;
+    size_t k;
 
-    if (strncasecmp(a, "https://", 8) == 0)
-        return "https:// backends are not supported yet (TLS to backends is "
-               "a later feature); use http://";
     if (strncasecmp(a, "service://", 10) == 0) {
         const char *name = a + 10;
         size_t n = strcspn(name, "/");
@@ -188,10 +196,16 @@ gw__address_parse(const char *a, gw_backend *b)
         b->path = strdup(name + n);
         return NULL;
     }
-    if (strncasecmp(a, "http://", 7) != 0)
-        return "not a valid URL (http://host[:port][/path] or "
-               "service://NAME)";
-    auth = a + 7;
+    for (k = 0; k < sizeof(schemes) / sizeof(schemes[0]); k++)
+        if (strncasecmp(a, schemes[k].scheme, strlen(schemes[k].scheme)) == 0)
+            break;
+    if (k == sizeof(schemes) / sizeof(schemes[0]))
+        return "not a valid URL (http[s]://host[:port][/path], "
+               "grpc[s]://host[:port] or service://NAME)";
+    b->tls = schemes[k].tls;
+    b->h2 = schemes[k].h2;
+    port = default_port = schemes[k].port;
+    auth = a + strlen(schemes[k].scheme);
     end = auth + strcspn(auth, "/?#");
     if (*end == '?' || *end == '#')
         return "not a valid URL: a query string in the address is not "
@@ -240,7 +254,7 @@ gw__address_parse(const char *a, gw_backend *b)
                  : dup_n(host, (size_t)(hend - host));
     b->port = (int)port;
     /* Host header: as written, lower-cased, without a default port */
-    b->authority = port == 80 ? dup_n(host, (size_t)(hend - host))
+    b->authority = port == default_port ? dup_n(host, (size_t)(hend - host))
                               : dup_n(host, (size_t)(end - host));
     if (b->authority != NULL)
         for (char *q = b->authority; *q != '\0'; q++)
@@ -259,6 +273,7 @@ backend_free(gw_backend *b)
     free(b->host);
     free(b->authority);
     free(b->path);
+    free(b->jwt_audience);
     free(b);
 }
 
@@ -277,6 +292,9 @@ backend_object(cc *c, const json_t *obj, const char *ptr,
     gw_backend *b;
     double deadline = GW_DEFAULT_DEADLINE_S;
     gw_path_translation pt = GW_PT_UNSET;
+    int protocol = 0;                /* 0: as the address says */
+    const char *jwt_audience = NULL;
+    bool disable_auth = false;
 
     if (!json_is_object(obj))
         return fail(c, ptr, "must be an object with an address (or, in "
@@ -322,19 +340,21 @@ backend_object(cc *c, const json_t *obj, const char *ptr,
             if (!json_is_string(v))
                 return fail(c, p, "must be a string");
             if (strcmp(json_string_value(v), "h2") == 0)
-                return fail(c, p, "h2 backends are not supported yet "
-                                  "(HTTP/2 upstreams are a later feature); "
-                                  "use http/1.1");
-            if (strcmp(json_string_value(v), "http/1.1") != 0)
-                return fail(c, p, "must be http/1.1 (or h2, later)");
+                protocol = 2;
+            else if (strcmp(json_string_value(v), "http/1.1") == 0)
+                protocol = 1;
+            else
+                return fail(c, p, "must be http/1.1 or h2");
             break;
-        case BF_JWT_AUD:         /* accepted; backend auth comes later */
+        case BF_JWT_AUD:
             if (!json_is_string(v))
                 return fail(c, p, "must be a string");
+            jwt_audience = json_string_value(v);
             break;
         case BF_DISABLE_AUTH:
             if (!json_is_boolean(v))
                 return fail(c, p, "must be true or false");
+            disable_auth = json_is_true(v);
             break;
         }
     }
@@ -352,6 +372,14 @@ backend_object(cc *c, const json_t *obj, const char *ptr,
     }
     if (b->path == NULL || (b->service == NULL &&
                             (b->host == NULL || b->authority == NULL))) {
+        backend_free(b);
+        return KB_ENOMEM;
+    }
+    if (protocol != 0)
+        b->h2 = protocol == 2;
+    b->disable_auth = disable_auth;
+    if (jwt_audience != NULL &&
+        (b->jwt_audience = strdup(jwt_audience)) == NULL) {
         backend_free(b);
         return KB_ENOMEM;
     }
@@ -559,6 +587,35 @@ out_free_rc:
     return rc;
 }
 
+/*
+ * x-google-endpoints allowCors: true (as ESPv2): CORS preflights reach the
+ * backend unauthenticated.  A path without its own OPTIONS operation gets
+ * one (in our copy of the document) sent where its first operation goes.
+ */
+static int
+add_cors_passthrough(json_t *item)
+{
+    const json_t *first = NULL, *xb;
+    json_t *op;
+
+    if (json_object_get(item, "options") != NULL)
+        return 0;
+    for (size_t i = 0; i < NMETHODS && first == NULL; i++)
+        if (json_is_object(json_object_get(item, methods[i][0])))
+            first = json_object_get(item, methods[i][0]);
+    if (first == NULL)
+        return 0;
+    op = json_pack("{s:[], s:b}", "security", "x-kiban-generated", 1);
+    if (op == NULL)
+        return KB_ENOMEM;
+    xb = json_object_get(first, "x-google-backend");
+    if ((xb != NULL && json_object_set(op, "x-google-backend",
+                                       (json_t *)xb) != 0) ||
+        json_object_set_new(item, "options", op) != 0)
+        return KB_ENOMEM;
+    return 0;
+}
+
 static int
 compile_path_item(cc *c, const char *path_key, const json_t *item,
                   const gw_backend *top)
@@ -573,6 +630,8 @@ compile_path_item(cc *c, const char *path_key, const json_t *item,
         return fail(c, ptr, "path must start with '/'");
     if (!json_is_object(item))
         return fail(c, ptr, "must be an object (a path item)");
+    if (c->allow_cors && (rc = add_cors_passthrough((json_t *)item)) != 0)
+        return rc;
     json_object_foreach((json_t *)item, key, v) {
         size_t i;
         const gw_backend *backend = top;
@@ -606,9 +665,11 @@ compile_path_item(cc *c, const char *path_key, const json_t *item,
             if ((rc = backend_value(c, xb, bp, GW_PT_CONSTANT, &backend)) != 0)
                 return rc;
         }
-        if (backend == NULL)
+        if (backend == NULL &&
+            json_object_get(v, "x-kiban-aggregate") == NULL)
             return fail(c, p, "no backend: set x-google-backend on this "
-                              "operation or at the top level");
+                              "operation or at the top level (or "
+                              "x-kiban-aggregate)");
         if ((rc = add_route(c, methods[i][1], path_key, p, v, backend)) != 0)
             return rc;
     }
@@ -677,6 +738,21 @@ compile_doc(cc *c, const json_t *doc)
             }
         }
     }
+    v = json_object_get(doc, "x-google-endpoints");
+    if (v != NULL) {
+        size_t i;
+        const json_t *e;
+        if (!json_is_array(v))
+            return fail(c, "/x-google-endpoints", "must be an array");
+        json_array_foreach(v, i, e) {
+            const json_t *ac = json_object_get(e, "allowCors");
+            char p[PTR_MAX];
+            snprintf(p, sizeof(p), "/x-google-endpoints/%zu/allowCors", i);
+            if (ac != NULL && !json_is_boolean(ac))
+                return fail(c, p, "must be true or false");
+            c->allow_cors |= json_is_true(ac);
+        }
+    }
     xb = json_object_get(doc, "x-google-backend");
     if (xb != NULL &&
         (rc = backend_value(c, xb, "/x-google-backend", GW_PT_APPEND,
@@ -702,6 +778,13 @@ compile_doc(cc *c, const json_t *doc)
 static void
 spec_free(gw_spec *s)
 {
+    /* each release frees only what its compile built (NULL-safe) */
+    gw__aggregate_release(s);
+    gw__cache_release(s);
+    gw__validate_release(s);
+    gw__ratelimit_release(s);
+    gw__auth_release(s);
+    gw__cors_release(s);
     for (size_t i = 0; i < s->nroutes; i++) {
         free(s->routes[i].template);
         free(s->routes[i].label);
@@ -757,8 +840,15 @@ gw__spec_compile(const json_t *spec, const char *project, const char *name,
         rc = KB_ENOMEM;
         goto out_free_spec;
     }
+    s->doc = json_object_get(s->spec, "openapi");
     if ((rc = compile_hosts(&c, json_object_get(s->spec, "hosts"))) != 0 ||
-        (rc = compile_doc(&c, json_object_get(s->spec, "openapi"))) != 0)
+        (rc = compile_doc(&c, s->doc)) != 0 ||
+        (rc = gw__cors_compile(s, err, errlen)) != 0 ||
+        (rc = gw__auth_compile(s, err, errlen)) != 0 ||
+        (rc = gw__ratelimit_compile(s, err, errlen)) != 0 ||
+        (rc = gw__validate_compile(s, err, errlen)) != 0 ||
+        (rc = gw__cache_compile(s, err, errlen)) != 0 ||
+        (rc = gw__aggregate_compile(s, err, errlen)) != 0)
         goto out_free_spec;
     kb_router_free(c.router);
     *out = s;

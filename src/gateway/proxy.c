@@ -22,32 +22,10 @@
 #define GW_MAX_XFF        (8 * 1024)
 #define GW_EXTRA_HEADERS  8          /* headers the gateway adds upstream */
 #define GW_STATUS_ABORTED 499        /* client went away (nginx's code) */
-
-typedef enum gw_step {
-    GW_NEXT,                     /* go on with the next stage */
-    GW_DONE,                     /* the request has been answered */
-    GW_PENDING                   /* a callback resumes the pipeline */
-} gw_step;
-
-/* One request in flight; lives in the request pool. */
-typedef struct gw_ctx {
-    kb_gateway          *gw;
-    kb_http_req         *req;
-    gw_table            *table;      /* our reference: dropped by the pool */
-    size_t               stage;
-    const gw_route      *route;
-    kb_route_match       match;
-    const char          *upstream_host;
-    int                  upstream_port;
-    char                 upstream_authority[80]; /* service:// Host */
-    kb_buf               target;
-    kb_http_client_call *call;
-    uint64_t             upstream_start_ns;
-    bool                 answered;
-    char                 request_id[GW_MAX_REQUEST_ID + 1];
-    char                 traceparent[GW_TRACEPARENT_LEN + 1];
-    bool                 trace_continued;
-} gw_ctx;
+#define GW_MAX_ATTEMPTS   3          /* first try + 2 retries */
+#define GW_RETRY_COST     1000       /* milli-retries a retry spends */
+#define GW_RETRY_EARN     200        /* … a first attempt earns (20 %) */
+#define GW_RETRY_CAP      100000     /* at most 100 retries banked */
 
 typedef gw_step (*gw_stage_fn)(gw_ctx *c);
 
@@ -56,16 +34,21 @@ static gw_step stage_route(gw_ctx *c);
 static gw_step stage_backend(gw_ctx *c);
 static gw_step stage_upstream(gw_ctx *c);
 
-/* The pipeline, in order.  New per-route stages (auth, validation, rate
- * limits, cache lookup) go between "route" and "backend". */
+/* The pipeline, in order (gw_int.h says what each module does). */
 static const struct {
     const char *name;
     gw_stage_fn run;
 } stages[] = {
-    { "identity", stage_identity },
-    { "route",    stage_route },
-    { "backend",  stage_backend },
-    { "upstream", stage_upstream },
+    { "identity",  stage_identity },
+    { "route",     stage_route },
+    { "cors",      gw__cors_stage },
+    { "auth",      gw__auth_stage },
+    { "ratelimit", gw__ratelimit_stage },
+    { "validate",  gw__validate_stage },
+    { "cache",     gw__cache_stage },
+    { "aggregate", gw__aggregate_stage },
+    { "backend",   stage_backend },
+    { "upstream",  stage_upstream },
 };
 #define NSTAGES (sizeof(stages) / sizeof(stages[0]))
 
@@ -236,16 +219,36 @@ gw__target_build(const gw_route *route, const kb_route_match *m,
 
 static _Atomic(kb_counter *) unmatched_requests[5];
 
+static const char *const classes[] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+
 static int
 code_class(int status)
 {
     return status >= 100 && status < 600 ? status / 100 - 1 : 4;
 }
 
-static void
-count_request(const gw_route *route, const char *what, int status)
+/* gateway="…",route="…" for a route, route="(what)" without one. */
+static int
+route_labels(kb_buf *labels, const gw_route *route, const char *what)
 {
-    static const char *const classes[] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+    int rc = 0;
+
+    if (route != NULL) {
+        rc |= kb_buf_appends(labels, "gateway=\"");
+        rc |= kb_metrics_label_escape(labels, route->spec->id);
+        rc |= kb_buf_appends(labels, "\",route=\"");
+        rc |= kb_metrics_label_escape(labels, route->label);
+    } else {
+        rc |= kb_buf_appends(labels, "route=\"");
+        rc |= kb_metrics_label_escape(labels, what != NULL ? what : "(none)");
+    }
+    return rc | kb_buf_appendc(labels, '"');
+}
+
+static void
+count_request(const gw_ctx *c, int status)
+{
+    const gw_route *route = c->route;
     int k = code_class(status);
     _Atomic(kb_counter *) *slot = route != NULL
         ? &((gw_route *)route)->requests[k]
@@ -254,17 +257,8 @@ count_request(const gw_route *route, const char *what, int status)
 
     if (ctr == NULL) {
         kb_buf labels = KB_BUF_INIT(4096);
-        int rc = 0;
-        if (route != NULL) {
-            rc |= kb_buf_appends(&labels, "gateway=\"");
-            rc |= kb_metrics_label_escape(&labels, route->spec->id);
-            rc |= kb_buf_appends(&labels, "\",route=\"");
-            rc |= kb_metrics_label_escape(&labels, route->label);
-        } else {
-            rc |= kb_buf_appends(&labels, "route=\"");
-            rc |= kb_metrics_label_escape(&labels, what);
-        }
-        rc |= kb_buf_appendf(&labels, "\",code=\"%s\"", classes[k]);
+        int rc = route_labels(&labels, route, c->what);
+        rc |= kb_buf_appendf(&labels, ",code=\"%s\"", classes[k]);
         if (rc == 0)
             ctr = kb_counter_get("kiban_gateway_requests_total",
                                  "Requests answered by the gateway, by "
@@ -278,24 +272,20 @@ count_request(const gw_route *route, const char *what, int status)
     kb_counter_add(ctr, 1);
 }
 
+/* Histograms by route (and status class for the whole request). */
 static void
-observe_upstream(const gw_route *route, double seconds)
+observe(_Atomic(kb_histogram *) *slot, const gw_route *route,
+        const char *name, const char *help, const char *code, double seconds)
 {
-    _Atomic(kb_histogram *) *slot = &((gw_route *)route)->upstream_seconds;
     kb_histogram *h = atomic_load(slot);
 
     if (h == NULL) {
         kb_buf labels = KB_BUF_INIT(4096);
-        int rc = kb_buf_appends(&labels, "gateway=\"");
-        rc |= kb_metrics_label_escape(&labels, route->spec->id);
-        rc |= kb_buf_appends(&labels, "\",route=\"");
-        rc |= kb_metrics_label_escape(&labels, route->label);
-        rc |= kb_buf_appendc(&labels, '"');
+        int rc = route_labels(&labels, route, NULL);
+        if (code != NULL)
+            rc |= kb_buf_appendf(&labels, ",code=\"%s\"", code);
         if (rc == 0)
-            h = kb_histogram_get("kiban_gateway_upstream_duration_seconds",
-                                 "Time from sending a request upstream to "
-                                 "its complete response.",
-                                 kb_buf_cstr(&labels),
+            h = kb_histogram_get(name, help, kb_buf_cstr(&labels),
                                  kb_metrics_latency_buckets,
                                  kb_metrics_latency_nbuckets);
         kb_buf_free(&labels);
@@ -306,67 +296,168 @@ observe_upstream(const gw_route *route, double seconds)
     kb_histogram_observe(h, seconds);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Answering                                                                 */
-
-/*
- * Every answer goes through here: counts it and releases the request (and
- * with it the ctx, which lives in the request pool: do not touch c after).
- */
 static void
-respond(gw_ctx *c, int status, kb_http_header *headers, size_t nheaders,
-        const char *body, size_t body_len, const char *what)
+observe_upstream(const gw_route *route, double seconds)
 {
-    c->answered = true;
-    count_request(c->route, what, status);
-    kb_http_respond(c->req, status, headers, nheaders, body, body_len);
+    observe(&((gw_route *)route)->upstream_seconds, route,
+            "kiban_gateway_upstream_duration_seconds",
+            "Time from sending a request upstream to its complete "
+            "response.", NULL, seconds);
 }
 
 static void
-respond_json(gw_ctx *c, int status, json_t *body, const char *allow,
-             const char *what)
+observe_request(const gw_ctx *c, int status)
 {
-    kb_http_header h[3];
+    int k = code_class(status);
+
+    if (c->route == NULL)
+        return;
+    observe(&((gw_route *)c->route)->duration[k], c->route,
+            "kiban_gateway_request_duration_seconds",
+            "Time from a request's complete head to its answer, by "
+            "operation and status class.", classes[k],
+            (double)(kb_time_mono_ns() - c->req->start_ns) / 1e9);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Answering                                                                 */
+
+/* Our X-Request-Id and the headers stages asked for, after `headers`. */
+static kb_http_header *
+with_extra(gw_ctx *c, const kb_http_header *headers, size_t nheaders,
+           size_t *n)
+{
+    kb_http_header *h;
+
+    *n = nheaders;
+    if (c->n_res_extra == 0 && c->request_id[0] == '\0')
+        return (kb_http_header *)headers;
+    h = kb_pool_alloc(c->req->pool,
+                      (nheaders + c->n_res_extra + 1) * sizeof(*h));
+    if (h == NULL)
+        return (kb_http_header *)headers;
+    if (nheaders > 0)
+        memcpy(h, headers, nheaders * sizeof(*h));
+    memcpy(h + nheaders, c->res_extra, c->n_res_extra * sizeof(*h));
+    *n += c->n_res_extra;
+    if (c->request_id[0] != '\0')
+        h[(*n)++] = (kb_http_header){ "X-Request-Id", c->request_id };
+    return h;
+}
+
+/*
+ * Every answer goes through here: counts and logs it and releases the
+ * request (and with it the ctx, which lives in the request pool: do not
+ * touch c after).  `headers` must not hold X-Request-Id (added here).
+ */
+static void
+answer(gw_ctx *c, int status, const kb_http_header *headers,
+       size_t nheaders, const char *body, size_t body_len,
+       const kb_http_header *trailers, size_t ntrailers)
+{
+    size_t nh;
+    kb_http_header *h = with_extra(c, headers, nheaders, &nh);
+
+    c->answered = true;
+    count_request(c, status);
+    observe_request(c, status);
+    gw__accesslog(c, status, body_len);
+    if (ntrailers > 0)
+        kb_http_respond_trailers(c->req, status, h, nh, body, body_len,
+                                 trailers, ntrailers);
+    else
+        kb_http_respond(c->req, status, h, nh, body, body_len);
+}
+
+void
+gw__respond(gw_ctx *c, int status, const kb_http_header *headers,
+            size_t nheaders, const char *body, size_t body_len)
+{
+    answer(c, status, headers, nheaders, body, body_len, NULL, 0);
+}
+
+/* JSON answer with an optional Allow header (405). */
+static void
+respond_json_allow(gw_ctx *c, int status, json_t *body, const char *allow)
+{
+    kb_http_header h[2];
     size_t nh = 0;
     char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
 
     json_decref(body);
     h[nh++] = (kb_http_header){ "Content-Type", "application/json" };
-    if (c->request_id[0] != '\0')
-        h[nh++] = (kb_http_header){ "X-Request-Id", c->request_id };
     if (allow != NULL)
         h[nh++] = (kb_http_header){ "Allow", allow };
     if (text == NULL) {
         static const char oom[] =
             "{\"error\":{\"code\":500,\"status\":\"INTERNAL\","
             "\"message\":\"out of memory\"}}";
-        respond(c, 500, h, nh, oom, sizeof(oom) - 1, what);
+        gw__respond(c, 500, h, nh, oom, sizeof(oom) - 1);
         return;
     }
-    respond(c, status, h, nh, text, strlen(text), what);
+    gw__respond(c, status, h, nh, text, strlen(text));
     free(text);
 }
 
-/* kiban's JSON error body with our X-Request-Id (and Allow for 405). */
-static void
-respond_error(gw_ctx *c, int status, const char *allow, const char *what,
-              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void
+gw__respond_json(gw_ctx *c, int status, json_t *body)
+{
+    respond_json_allow(c, status, body, NULL);
+}
 
 static void
-respond_error(gw_ctx *c, int status, const char *allow, const char *what,
-              const char *fmt, ...)
+respond_verror(gw_ctx *c, int status, const char *allow, const char *fmt,
+               va_list ap)
 {
     char msg[512];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    respond_json_allow(c, status,
+                       json_pack("{s:{s:i,s:s,s:s}}", "error", "code", status,
+                                 "status", kb_http_status_name(status),
+                                 "message", msg),
+                       allow);
+}
+
+void
+gw__respond_error(gw_ctx *c, int status, const char *fmt, ...)
+{
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    respond_verror(c, status, NULL, fmt, ap);
     va_end(ap);
-    respond_json(c, status,
-                 json_pack("{s:{s:i,s:s,s:s}}", "error", "code", status,
-                           "status", kb_http_status_name(status),
-                           "message", msg),
-                 allow, what);
+}
+
+static void
+respond_405(gw_ctx *c, const char *allow, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+respond_405(gw_ctx *c, const char *allow, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    respond_verror(c, 405, allow, fmt, ap);
+    va_end(ap);
+}
+
+int
+gw__header_add(gw_ctx *c, bool upstream, const char *name, const char *value)
+{
+    kb_http_header *list = upstream ? c->up_extra : c->res_extra;
+    size_t *n = upstream ? &c->n_up_extra : &c->n_res_extra;
+    char *nm, *v;
+
+    if (*n == GW_MAX_EXTRA)
+        return KB_ETOOBIG;
+    nm = kb_pool_strdup(c->req->pool, name);
+    v = kb_pool_strdup(c->req->pool, value);
+    if (nm == NULL || v == NULL)
+        return KB_ENOMEM;
+    list[(*n)++] = (kb_http_header){ nm, v };
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -380,6 +471,17 @@ pipeline_run(gw_ctx *c)
         if (step != GW_NEXT)
             return;              /* answered, or a callback resumes */
     }
+}
+
+void
+gw__resume(gw_ctx *c)
+{
+    if (c->aborted) {
+        c->what = c->route != NULL ? NULL : "(aborted)";
+        gw__respond(c, GW_STATUS_ABORTED, NULL, 0, NULL, 0);
+        return;
+    }
+    pipeline_run(c);
 }
 
 static gw_step
@@ -408,73 +510,134 @@ stage_route(gw_ctx *c)
         c->route = c->match.target;
         return GW_NEXT;
     }
+    if (strcmp(c->req->method, "OPTIONS") == 0 && router != NULL &&
+        gw__cors_preflight(c, router))
+        return GW_DONE;
     if (rc == 404 && strcmp(c->req->path, "/healthz") == 0) {
+        c->what = "(healthz)";
         if (strcmp(c->req->method, "GET") != 0 &&
             strcmp(c->req->method, "HEAD") != 0) {
-            respond_error(c, 405, "GET, HEAD", "(healthz)",
-                          "method %s is not allowed here", c->req->method);
+            respond_405(c, "GET, HEAD", "method %s is not allowed here",
+                        c->req->method);
             return GW_DONE;
         }
-        respond_json(c, 200, json_pack("{s:s}", "status", "ok"), NULL,
-                     "(healthz)");
+        gw__respond_json(c, 200, json_pack("{s:s}", "status", "ok"));
         return GW_DONE;
     }
+    c->what = "(none)";
     if (rc == 405) {
-        respond_error(c, 405, c->match.allow, "(none)",
-                      "method %s is not allowed for %s", c->req->method,
-                      c->req->path);
+        respond_405(c, c->match.allow, "method %s is not allowed for %s",
+                    c->req->method, c->req->path);
         return GW_DONE;
     }
-    respond_error(c, 404, NULL, "(none)", "no route for %s %s",
-                  c->req->method, c->req->path);
+    gw__respond_error(c, 404, "no route for %s %s", c->req->method,
+                      c->req->path);
     return GW_DONE;
+}
+
+/* Pick where the (next) attempt goes; answers 502/503 when nowhere. */
+static bool
+pick_backend(gw_ctx *c)
+{
+    const gw_backend *b = c->route->backend;
+    int rc = gw__backend_pick(c, b, &c->pick);
+
+    if (rc == 0) {
+        c->picked = true;
+        return true;
+    }
+    if (rc == KB_EUNAVAIL)
+        gw__respond_error(c, 503, "service %s has no running instance",
+                          b->service);
+    else if (rc == KB_ENOTFOUND)
+        gw__respond_error(c, 502, "service %s not found", b->service);
+    else
+        gw__respond_error(c, 500, "cannot choose a backend: %s",
+                          kb_strerror(rc));
+    return false;
 }
 
 static gw_step
 stage_backend(gw_ctx *c)
 {
-    const gw_backend *b = c->route->backend;
     int rc;
 
-    if (b->service != NULL) {
-        kb_endpoint ep;
-        rc = c->gw->resolve != NULL
-                 ? c->gw->resolve(c->gw->rt, c->route->spec->project,
-                                  b->service, &ep)
-                 : KB_ENOTFOUND;
-        if (rc == KB_EUNAVAIL) {
-            respond_error(c, 503, NULL, NULL,
-                          "service %s has no running instance", b->service);
-            return GW_DONE;
-        }
-        if (rc != 0) {
-            respond_error(c, 502, NULL, NULL, "service %s not found",
-                          b->service);
-            return GW_DONE;
-        }
-        c->upstream_host = kb_pool_strdup(c->req->pool, ep.host);
-        c->upstream_port = ep.port;
-        snprintf(c->upstream_authority, sizeof(c->upstream_authority),
-                 "%s:%d", ep.host, ep.port);
-        if (c->upstream_host == NULL) {
-            respond_error(c, 500, NULL, NULL, "out of memory");
-            return GW_DONE;
-        }
-    } else {
-        c->upstream_host = b->host;
-        c->upstream_port = b->port;
-        snprintf(c->upstream_authority, sizeof(c->upstream_authority), "%s",
-                 b->authority);
-    }
+    if (!pick_backend(c))
+        return GW_DONE;
     rc = gw__target_build(c->route, &c->match, c->req->path, c->req->query,
                           &c->target);
     if (rc != 0) {
-        respond_error(c, rc == KB_ETOOBIG ? 414 : 500, NULL, NULL,
-                      "cannot build the upstream request target");
+        gw__backend_done(c, &c->pick, KB_ECANCELED, 0);
+        c->picked = false;
+        gw__respond_error(c, rc == KB_ETOOBIG ? 414 : 500,
+                          "cannot build the upstream request target");
         return GW_DONE;
     }
+    c->deadline_ns = kb_time_mono_ns() +
+                     c->route->backend->deadline_ms * 1000000ull;
     return GW_NEXT;
 }
+
+static bool
+idempotent(const char *method)
+{
+    static const char *const m[] = { "GET", "HEAD", "PUT", "DELETE",
+                                     "OPTIONS", "TRACE" };
+
+    for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
+        if (strcmp(method, m[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Nothing reached the backend: a retry is safe for any method. */
+static bool
+not_sent(int err)
+{
+    return err == -ECONNREFUSED || err == -EHOSTUNREACH ||
+           err == -ENETUNREACH || err == -EADDRNOTAVAIL;
+}
+
+/*
+ * Retry this answer?  Connect failures always (nothing was sent);
+ * connection resets and 502/503 for idempotent methods only; never past
+ * GW_MAX_ATTEMPTS, the deadline, or the gateway-wide retry budget
+ * (retries may add at most 20 % to the upstream load, plus what is
+ * banked, so a failing backend is not hit with a retry storm).
+ */
+static bool
+should_retry(gw_ctx *c, int err, int status)
+{
+    kb_gateway *gw = c->gw;
+    int64_t have;
+
+    if (c->attempts >= GW_MAX_ATTEMPTS || kb_time_mono_ns() >= c->deadline_ns)
+        return false;
+    if (!not_sent(err) &&
+        !(idempotent(c->req->method) &&
+          (err == -ECONNRESET || err == -EPIPE || status == 502 ||
+           status == 503)))
+        return false;
+    have = atomic_load(&gw->retry_budget);
+    while (have >= GW_RETRY_COST)
+        if (atomic_compare_exchange_weak(&gw->retry_budget, &have,
+                                         have - GW_RETRY_COST))
+            return true;
+    return false;
+}
+
+static void
+earn_retry(kb_gateway *gw)
+{
+    int64_t have = atomic_load(&gw->retry_budget);
+
+    while (have < GW_RETRY_CAP &&
+           !atomic_compare_exchange_weak(&gw->retry_budget, &have,
+                                         have + GW_RETRY_EARN))
+        ;
+}
+
+static int send_attempt(gw_ctx *c);
 
 static void
 on_upstream(int err, const kb_http_client_res *res, void *data)
@@ -485,27 +648,42 @@ on_upstream(int err, const kb_http_client_res *res, void *data)
     kb_buf conn = KB_BUF_INIT(GW_MAX_XFF);
     kb_http_header *h;
     size_t nh = 0;
+    uint64_t took = kb_time_mono_ns() - c->upstream_start_ns;
 
     c->call = NULL;
-    observe_upstream(route,
-                     (double)(kb_time_mono_ns() - c->upstream_start_ns) / 1e9);
+    c->upstream_ns += took;
+    observe_upstream(route, (double)took / 1e9);
+    gw__backend_done(c, &c->pick, err, res != NULL ? res->status : 0);
+    c->picked = false;
+    if (should_retry(c, err, res != NULL ? res->status : 0)) {
+        kb_log_debug("retrying upstream call", "{s:s, s:s, s:i, s:i}",
+                     "route", route->label, "request_id", c->request_id,
+                     "attempt", c->attempts + 1,
+                     "status", res != NULL ? res->status : 0);
+        if (pick_backend(c) && send_attempt(c) == 0)
+            return;
+        if (c->answered)
+            return;
+    }
     if (err == KB_ETIMEDOUT) {
-        respond_error(c, 504, NULL, NULL,
-                      "upstream did not answer within the deadline of %.3gs",
-                      (double)route->backend->deadline_ms / 1000.0);
+        gw__respond_error(c, 504, "upstream did not answer within the "
+                          "deadline of %.3gs",
+                          (double)route->backend->deadline_ms / 1000.0);
         return;
     }
     if (err == KB_EPARSE || err == KB_ETOOBIG) {
-        respond_error(c, 502, NULL, NULL, "upstream sent %s",
-                      err == KB_EPARSE ? "an invalid response"
-                                       : "a response that is too large");
+        gw__respond_error(c, 502, "upstream sent %s",
+                          err == KB_EPARSE ? "an invalid response"
+                                           : "a response that is too large");
         return;
     }
     if (err != 0) {
-        respond_error(c, 502, NULL, NULL, "upstream %s:%d failed: %s",
-                      c->upstream_host, c->upstream_port, kb_strerror(err));
+        gw__respond_error(c, 502, "upstream %s:%d failed: %s",
+                          c->pick.host, c->pick.port, kb_strerror(err));
         return;
     }
+    if (c->on_response != NULL)
+        c->on_response(c, res);
     /* relay: status, headers minus hop-by-hop, body; our X-Request-Id.
      * Content-Length stays in the list: the server sets its own, and for
      * HEAD announces the backend's. */
@@ -519,19 +697,21 @@ on_upstream(int err, const kb_http_client_res *res, void *data)
     h = kb_pool_alloc(c->req->pool, (res->nheaders + 1) * sizeof(*h));
     if (h == NULL) {
         kb_buf_free(&conn);
-        respond_error(c, 500, NULL, NULL, "out of memory");
+        gw__respond_error(c, 500, "out of memory");
         return;
     }
     for (size_t i = 0; i < res->nheaders; i++) {
         const char *name = res->headers[i].name;
         if (gw__hop_by_hop(name, connection) ||
-            strcasecmp(name, "X-Request-Id") == 0)
+            strcasecmp(name, "X-Request-Id") == 0 ||
+            (route->cors != NULL &&         /* the gateway's policy rules */
+             strncasecmp(name, "Access-Control-", 15) == 0))
             continue;
         h[nh++] = res->headers[i];
     }
-    h[nh++] = (kb_http_header){ "X-Request-Id", c->request_id };
     kb_buf_free(&conn);
-    respond(c, res->status, h, nh, res->body, res->body_len, NULL);
+    answer(c, res->status, h, nh, res->body, res->body_len, res->trailers,
+           res->ntrailers);
 }
 
 static void
@@ -539,14 +719,23 @@ on_abort(kb_http_req *req, void *data)
 {
     gw_ctx *c = data;
 
+    (void)req;
     if (c->answered)
         return;
-    if (c->call != NULL) {
-        kb_http_client_cancel(c->call);
-        c->call = NULL;
+    if (c->call == NULL) {
+        /* a stage is waiting (JWKS fetch, cache fill …): it resumes in
+         * bounded time and gw__resume answers for the gone client */
+        c->aborted = true;
+        return;
+    }
+    gw__upstream_cancel(c, c->call);
+    c->call = NULL;
+    if (c->picked) {
+        gw__backend_done(c, &c->pick, KB_ECANCELED, 0);
+        c->picked = false;
     }
     /* the server still needs a response call to release the request */
-    respond(c, GW_STATUS_ABORTED, NULL, 0, NULL, 0, NULL);
+    gw__respond(c, GW_STATUS_ABORTED, NULL, 0, NULL, 0);
 }
 
 /* Join every value of a request header with ", " (NULL when absent). */
@@ -569,7 +758,7 @@ joined_header(gw_ctx *c, const char *name, kb_buf *b)
 
 /* Request headers the gateway sets itself (or must not forward). */
 static bool
-replaced_upstream(const char *name, bool trace_continued)
+replaced_upstream(const gw_ctx *c, const char *name)
 {
     static const char *const names[] = {
         "Host", "Content-Length", "Expect", "X-Forwarded-For",
@@ -579,21 +768,73 @@ replaced_upstream(const char *name, bool trace_continued)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcasecmp(name, names[i]) == 0)
             return true;
+    for (size_t i = 0; i < c->n_up_extra; i++)
+        if (strcasecmp(name, c->up_extra[i].name) == 0)
+            return true;
+    /* only the gateway may say who the caller is, on every route */
+    if (gw__auth_header_reserved(name))
+        return true;
     /* tracestate belongs to the incoming trace only */
-    return !trace_continued && strcasecmp(name, "tracestate") == 0;
+    return !c->trace_continued && strcasecmp(name, "tracestate") == 0;
 }
 
-static gw_step
-stage_upstream(gw_ctx *c)
+/* The upstream request's headers, built once per request (retries reuse
+ * them; only Host changes with the instance). */
+static kb_http_header *upstream_headers(gw_ctx *c, size_t *n);
+
+static int
+send_attempt(gw_ctx *c)
+{
+    kb_http_req *req = c->req;
+    kb_http_client_req up;
+    uint64_t now = kb_time_mono_ns();
+    size_t nh;
+    kb_http_header *h = upstream_headers(c, &nh);
+    int rc;
+
+    if (h == NULL) {
+        gw__backend_done(c, &c->pick, KB_ENOMEM, 0);
+        c->picked = false;
+        gw__respond_error(c, 500, "out of memory");
+        return KB_ENOMEM;
+    }
+    memset(&up, 0, sizeof(up));
+    up.method = req->method;
+    up.host = c->pick.host;
+    up.port = c->pick.port;
+    up.target = kb_buf_cstr(&c->target);
+    up.headers = h;
+    up.nheaders = nh;
+    up.body = req->body;
+    up.body_len = req->body_len;
+    up.timeout_ms = c->deadline_ns > now ? (c->deadline_ns - now) / 1000000
+                                         : 1;
+    if (up.timeout_ms == 0)
+        up.timeout_ms = 1;
+    up.tls = c->pick.tls;
+    up.h2 = c->pick.h2;
+    c->attempts++;
+    c->upstream_start_ns = now;
+    rc = gw__upstream_send(c, &c->pick, &up, on_upstream, c, &c->call);
+    if (rc != 0) {
+        c->call = NULL;
+        gw__backend_done(c, &c->pick, rc, 0);
+        c->picked = false;
+        gw__respond_error(c, 502, "upstream %s:%d failed: %s", c->pick.host,
+                          c->pick.port, kb_strerror(rc));
+    }
+    return rc;
+}
+
+static kb_http_header *
+upstream_headers(gw_ctx *c, size_t *n)
 {
     kb_http_req *req = c->req;
     kb_buf conn = KB_BUF_INIT(GW_MAX_XFF), xff = KB_BUF_INIT(GW_MAX_XFF);
     const char *connection, *prior, *host;
     kb_http_header *h;
     size_t nh = 0;
-    kb_http_client_req up;
     char *xff_value;
-    int rc;
 
     connection = joined_header(c, "Connection", &conn);
     prior = joined_header(c, "X-Forwarded-For", &xff);  /* into xff */
@@ -605,23 +846,25 @@ stage_upstream(gw_ctx *c)
     }
     xff_value = kb_pool_strdup(req->pool, kb_buf_cstr(&xff));
     kb_buf_free(&xff);
-    h = kb_pool_alloc(req->pool,
-                      (req->nheaders + GW_EXTRA_HEADERS) * sizeof(*h));
+    h = kb_pool_alloc(req->pool, (req->nheaders + GW_EXTRA_HEADERS +
+                                  c->n_up_extra) * sizeof(*h));
     if (h == NULL || xff_value == NULL) {
         kb_buf_free(&conn);
-        respond_error(c, 500, NULL, NULL, "out of memory");
-        return GW_DONE;
+        return NULL;
     }
     for (size_t i = 0; i < req->nheaders; i++) {
         const char *name = req->headers[i].name;
-        if (gw__hop_by_hop(name, connection) ||
-            replaced_upstream(name, c->trace_continued))
+        if (gw__hop_by_hop(name, connection) || replaced_upstream(c, name))
             continue;
         h[nh++] = req->headers[i];
     }
     kb_buf_free(&conn);
+    /* gRPC needs "TE: trailers" end to end (it is hop-by-hop otherwise) */
+    if (c->pick.h2 && connection == NULL &&
+        kb_http_req_header(req, "TE") != NULL)
+        h[nh++] = (kb_http_header){ "TE", "trailers" };
     host = kb_http_req_header(req, "Host");
-    h[nh++] = (kb_http_header){ "Host", c->upstream_authority };
+    h[nh++] = (kb_http_header){ "Host", c->pick.authority };
     h[nh++] = (kb_http_header){ "X-Forwarded-For", xff_value };
     h[nh++] = (kb_http_header){ "X-Forwarded-Proto",
                                 req->tls ? "https" : "http" };
@@ -629,28 +872,16 @@ stage_upstream(gw_ctx *c)
         h[nh++] = (kb_http_header){ "X-Forwarded-Host", host };
     h[nh++] = (kb_http_header){ "X-Request-Id", c->request_id };
     h[nh++] = (kb_http_header){ "traceparent", c->traceparent };
+    memcpy(h + nh, c->up_extra, c->n_up_extra * sizeof(*h));
+    *n = nh + c->n_up_extra;
+    return h;
+}
 
-    memset(&up, 0, sizeof(up));
-    up.method = req->method;
-    up.host = c->upstream_host;
-    up.port = c->upstream_port;
-    up.target = kb_buf_cstr(&c->target);
-    up.headers = h;
-    up.nheaders = nh;
-    up.body = req->body;
-    up.body_len = req->body_len;
-    up.timeout_ms = c->route->backend->deadline_ms;
-    c->upstream_start_ns = kb_time_mono_ns();
-    /* the hook first: once the call is out, the client may go any time */
-    kb_http_req_on_abort(req, on_abort, c);
-    rc = kb_http_client_send(c->gw->client, &up, on_upstream, c, &c->call);
-    if (rc != 0) {
-        c->call = NULL;
-        respond_error(c, 502, NULL, NULL, "upstream %s:%d failed: %s",
-                      c->upstream_host, c->upstream_port, kb_strerror(rc));
-        return GW_DONE;
-    }
-    return GW_PENDING;
+static gw_step
+stage_upstream(gw_ctx *c)
+{
+    earn_retry(c->gw);
+    return send_attempt(c) == 0 ? GW_PENDING : GW_DONE;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -661,43 +892,38 @@ ctx_release(void *data)
     gw_ctx *c = data;
 
     kb_buf_free(&c->target);
+    json_decref(c->claims);
     gw__table_unref(c->table);
-}
-
-/* Take a reference to the current table (the lock covers load + ref). */
-static gw_table *
-table_acquire(kb_gateway *gw)
-{
-    gw_table *t;
-
-    pthread_mutex_lock(&gw->lock);
-    t = gw->table != NULL ? gw__table_ref(gw->table) : NULL;
-    pthread_mutex_unlock(&gw->lock);
-    return t;
+    gw__worker_release(c->w);
 }
 
 void
 kb_gateway_handle(kb_http_req *req, void *data)
 {
-    kb_gateway *gw = data;
+    gw_worker *w = data;
     gw_ctx *c = kb_pool_calloc(req->pool, sizeof(*c));
 
     if (c == NULL) {
         kb_http_respond_error(req, 500, "out of memory");
         return;
     }
-    c->gw = gw;
+    c->gw = w->gw;
+    c->w = w;
     c->req = req;
+    w->live++;
     kb_buf_init(&c->target, GW_MAX_TARGET);
-    c->table = table_acquire(gw);
+    c->table = gw__worker_table(w);
     if (c->table == NULL) {
+        gw__worker_release(w);
         kb_http_respond_error(req, 500, "gateway has no route table");
         return;
     }
     if (kb_pool_cleanup_add(req->pool, ctx_release, c) != 0) {
         gw__table_unref(c->table);
+        gw__worker_release(w);
         kb_http_respond_error(req, 500, "out of memory");
         return;
     }
+    kb_http_req_on_abort(req, on_abort, c);
     pipeline_run(c);
 }

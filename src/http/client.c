@@ -25,7 +25,9 @@
 #define DEFAULT_CONNECT_MS    5000u
 #define DEFAULT_MAX_BODY      (32u << 20)
 #define DEFAULT_CALL_MS       15000u
-#define READ_CHUNK            (64u * 1024)
+#define READ_FIRST            (16u * 1024)   /* first read buffer (cap) */
+#define READ_CHUNK            (64u * 1024)   /* then grow by */
+#define MAX_FREE_CALLS        128u           /* recycled call objects */
 #define BACKEND_BUCKETS       64u
 #define MAX_ADDRS             4
 
@@ -66,6 +68,10 @@ typedef struct resolver {
 
 typedef enum { PH_HEAD, PH_BODY } phase;
 
+/* A call's fields and headers arrays share one allocation. */
+_Static_assert(sizeof(kb_http_field) % _Alignof(kb_http_header) == 0,
+               "headers follow fields in one block");
+
 struct kb_http_client_call {
     kb_http_client     *cl;
     backend            *be;
@@ -78,9 +84,11 @@ struct kb_http_client_call {
     resolver           *res;
     struct sockaddr_storage addrs[MAX_ADDRS];
     int                 naddrs, addr_idx;
+    kb_http_client_call *next_free; /* in the client's free list */
     /* response */
     kb_http_head        head;
-    kb_http_field      *fields;
+    kb_http_field      *fields;     /* KB_HTTP_DEFAULT_MAX_HEADERS */
+    kb_http_header     *hdrs;       /* as many, for the callback */
     kb_http_chunked     chunk;
     phase               phase;
     size_t              body_start; /* offset of the body in rbuf */
@@ -99,6 +107,8 @@ struct kb_http_client {
     backend            *buckets[BACKEND_BUCKETS];
     cconn              *conns;
     kb_http_client_call *calls;
+    kb_http_client_call *free_calls; /* finished calls kept for reuse */
+    size_t              nfree_calls;
     size_t              open_handles;
     bool                destroying;
 };
@@ -108,6 +118,7 @@ static void call_finish(kb_http_client_call *call, int err,
 static int  call_connect(kb_http_client_call *call);
 static void cconn_close(cconn *cc);
 static void on_cread(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void call_free(kb_http_client_call *call);
 
 /* ---- client and backends ----------------------------------------------- */
 
@@ -116,6 +127,11 @@ client_maybe_free(kb_http_client *cl)
 {
     if (!cl->destroying || cl->open_handles > 0)
         return;
+    while (cl->free_calls != NULL) {
+        kb_http_client_call *call = cl->free_calls;
+        cl->free_calls = call->next_free;
+        call_free(call);
+    }
     for (size_t i = 0; i < BACKEND_BUCKETS; i++) {
         backend *b = cl->buckets[i], *next;
         for (; b != NULL; b = next) {
@@ -380,10 +396,20 @@ on_cconn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     cconn *cc = h->data;
     kb_buf *b = &cc->rbuf;
     size_t room = b->max - b->len;
-    size_t want = room < READ_CHUNK ? room : READ_CHUNK;
+    size_t want;
 
+    /* A first buffer of READ_FIRST bytes (a size buf.c recycles), then
+     * READ_CHUNK more at a time; idle: only EOF or junk expected. */
     if (cc->state == CC_IDLE)
-        want = 64;                      /* only EOF or junk expected */
+        want = 64;
+    else if (b->cap == 0)
+        want = READ_FIRST - 1;
+    else if (b->cap - b->len - 1 >= 1024)
+        want = b->cap - b->len - 1;
+    else
+        want = READ_CHUNK;
+    if (want > room)
+        want = room;
     if (want == 0 || kb_buf_reserve(b, want) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
@@ -573,18 +599,9 @@ call_complete(kb_http_client_call *call, bool reusable)
     cconn *cc = call->conn;
     kb_http_client *cl = call->cl;
     char *base = cc->rbuf.data;
-    kb_http_header *hdrs = NULL;
-    kb_http_client_res res;
+    kb_http_header *hdrs = call->hdrs;
+    kb_http_client_res res = { 0 };
 
-    if (call->head.nfields > 0) {
-        hdrs = malloc(call->head.nfields * sizeof(*hdrs));
-        if (hdrs == NULL) {
-            call->conn = NULL;
-            cconn_close(cc);
-            call_finish(call, KB_ENOMEM, NULL);
-            return;
-        }
-    }
     for (size_t i = 0; i < call->head.nfields; i++) {
         kb_http_field *f = &call->fields[i];
         base[f->name.off + f->name.len] = '\0';
@@ -599,12 +616,13 @@ call_complete(kb_http_client_call *call, bool reusable)
     res.nheaders = call->head.nfields;
     res.body = base + call->body_start;
     res.body_len = call->body_len;
+    res.trailers = NULL;
+    res.ntrailers = 0;
 
     /* Keep the connection out of any pool until the callback is done. */
     call->conn = NULL;
     cc->call = NULL;
     call_finish(call, 0, &res);
-    free(hdrs);
     if (!cl->destroying)
         cconn_release(cc, reusable);
     else
@@ -767,11 +785,62 @@ on_call_closed(uv_handle_t *h)
         cl->calls = call->next;
     if (call->next != NULL)
         call->next->prev = call->prev;
+    cl->open_handles--;
+    if (!cl->destroying && cl->nfree_calls < MAX_FREE_CALLS) {
+        /* keep it (and its arrays) for the next call: handles are only
+         * valid until the callback, so nobody refers to it any more */
+        if (call->out.cap > 4096)
+            kb_buf_free(&call->out);
+        call->next_free = cl->free_calls;
+        cl->free_calls = call;
+        cl->nfree_calls++;
+        return;
+    }
+    call_free(call);
+    client_maybe_free(cl);
+}
+
+static void
+call_free(kb_http_client_call *call)
+{
     kb_buf_free(&call->out);
     free(call->fields);
     free(call);
-    cl->open_handles--;
-    client_maybe_free(cl);
+}
+
+/* A call object with its arrays, recycled when one is free; NULL when out
+ * of memory.  Everything but the arrays and the out buffer is zero. */
+static kb_http_client_call *
+call_alloc(kb_http_client *c)
+{
+    kb_http_client_call *call = c->free_calls;
+    kb_buf out;
+    kb_http_field *fields;
+
+    if (call != NULL) {
+        c->free_calls = call->next_free;
+        c->nfree_calls--;
+        out = call->out;
+        fields = call->fields;
+        memset(call, 0, sizeof(*call));
+        call->out = out;
+        kb_buf_reset(&call->out);
+        call->fields = fields;
+        call->hdrs = (kb_http_header *)(fields + KB_HTTP_DEFAULT_MAX_HEADERS);
+        return call;
+    }
+    call = calloc(1, sizeof(*call));
+    if (call == NULL)
+        return NULL;
+    /* one block: the parser's fields, then the callback's headers */
+    call->fields = malloc(KB_HTTP_DEFAULT_MAX_HEADERS *
+                          (sizeof(kb_http_field) + sizeof(kb_http_header)));
+    if (call->fields == NULL) {
+        free(call);
+        return NULL;
+    }
+    call->hdrs = (kb_http_header *)(call->fields + KB_HTTP_DEFAULT_MAX_HEADERS);
+    return call;
 }
 
 /* Give up everything the call holds (connection, resolution, timer). */
@@ -807,18 +876,62 @@ on_deadline(uv_timer_t *t)
     call_finish(t->data, KB_ETIMEDOUT, NULL);
 }
 
-static bool
-is_token(const char *s)
-{
-    static const char tchars[] = "!#$%&'*+-.^_`|~";
+/* RFC 9110 tchar, for the ASCII range (the rest is 0). */
+static const unsigned char tchar[128] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
+};
 
-    if (s == NULL || *s == '\0')
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || ((*p | 0x20) >= 'a' &&
-              (*p | 0x20) <= 'z') || strchr(tchars, *p) != NULL))
-            return false;
-    return true;
+/* Length of s when it is a token, else 0. */
+static size_t
+token_len(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    if (p == NULL)
+        return 0;
+    for (; *p != '\0'; p++)
+        if (*p >= 128 || !tchar[*p])
+            return 0;
+    return (size_t)(p - (const unsigned char *)s);
+}
+
+#define ONES  0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+/* Whether any of the 8 bytes in x is below 0x20 or is 0x7f (exact). */
+static inline bool
+word_has_ctl(uint64_t x)
+{
+    uint64_t y = x ^ (0x7f * ONES);
+
+    return (((x - 0x20 * ONES) & ~x) | ((y - ONES) & ~y)) & HIGHS;
+}
+
+/* Length of a field value without CTLs (HT allowed), or SIZE_MAX.  Eight
+ * bytes at a time; a word with a control byte is looked at bytewise. */
+static size_t
+value_len(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        if (word_has_ctl(x))
+            break;
+    }
+    for (; i < n; i++)
+        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
+            return SIZE_MAX;
+    return n;
 }
 
 /* Visible ASCII only (request target, host). */
@@ -833,48 +946,139 @@ is_visible(const char *s)
     return true;
 }
 
+/* Case-insensitive: name (n bytes) equals the lower-case literal. */
 static bool
-value_ok(const char *s)
+name_is(const char *name, size_t n, const char *lit, size_t litlen)
 {
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+    if (n != litlen)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((char)((unsigned char)name[i] | 0x20) != lit[i])
             return false;
     return true;
 }
+#define NAME_IS(name, n, lit) name_is((name), (n), lit, sizeof(lit) - 1)
 
-/* The request bytes: head with Host and Content-Length, then the body. */
+/* Request headers the client sets itself: 1 Host, -1 dropped, 0 other. */
+static int
+header_kind(const char *name, size_t n)
+{
+    switch (n) {
+    case 4:
+        return NAME_IS(name, n, "host") ? 1 : 0;
+    case 10:
+        return NAME_IS(name, n, "connection") ? -1 : 0;
+    case 14:
+        return NAME_IS(name, n, "content-length") ? -1 : 0;
+    case 17:
+        return NAME_IS(name, n, "transfer-encoding") ? -1 : 0;
+    default:
+        return 0;
+    }
+}
+
+/* Decimal digits of v into the end of buf[20]; returns the first digit. */
+static char *
+utoa(uint64_t v, char *end)
+{
+    char *p = end;
+
+    do
+        *--p = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    return p;
+}
+
+static char *
+put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/*
+ * The request bytes: head with Host and Content-Length, then the body.
+ * Assembled without printf: one pass checks the headers and sums the
+ * length, one reservation, one pass copies.
+ */
 static int
 build_request(kb_buf *out, const kb_http_client_req *req)
 {
-    bool has_host = false;
+    size_t mlen = strlen(req->method), tlen = strlen(req->target);
+    size_t hostlen = strlen(req->host), total;
+    bool has_host = false, bracket = strchr(req->host, ':') != NULL;
+    bool clen = req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
+                strcmp(req->method, "PUT") == 0 ||
+                strcmp(req->method, "PATCH") == 0;
+    char port[20], len[20], *pe = port + sizeof(port), *le = len + sizeof(len);
+    char *ps = utoa((uint64_t)req->port, pe), *ls = utoa(req->body_len, le);
+    char *p;
     int rc;
 
-    rc = kb_buf_appendf(out, "%s %s HTTP/1.1\r\n", req->method, req->target);
-    for (size_t i = 0; rc == 0 && i < req->nheaders; i++) {
+    total = mlen + 1 + tlen + sizeof(" HTTP/1.1\r\n") - 1;
+    for (size_t i = 0; i < req->nheaders; i++) {
         const kb_http_header *h = &req->headers[i];
-        if (!is_token(h->name) || h->value == NULL || !value_ok(h->value))
+        size_t nlen = token_len(h->name), vlen;
+        int kind;
+        if (nlen == 0 || h->value == NULL ||
+            (vlen = value_len(h->value)) == SIZE_MAX)
             return KB_EINVAL;
-        if (strcasecmp(h->name, "content-length") == 0 ||
-            strcasecmp(h->name, "transfer-encoding") == 0 ||
-            strcasecmp(h->name, "connection") == 0)
+        kind = header_kind(h->name, nlen);
+        if (kind < 0)
             continue;
-        if (strcasecmp(h->name, "host") == 0)
-            has_host = true;
-        rc = kb_buf_appendf(out, "%s: %s\r\n", h->name, h->value);
+        has_host |= kind == 1;
+        total += nlen + 2 + vlen + 2;
     }
-    if (rc == 0 && !has_host)
-        rc = kb_buf_appendf(out, strchr(req->host, ':') != NULL
-                                     ? "Host: [%s]:%d\r\n" : "Host: %s:%d\r\n",
-                            req->host, req->port);
-    if (rc == 0 && (req->body_len > 0 || strcmp(req->method, "POST") == 0 ||
-                    strcmp(req->method, "PUT") == 0 ||
-                    strcmp(req->method, "PATCH") == 0))
-        rc = kb_buf_appendf(out, "Content-Length: %zu\r\n", req->body_len);
-    if (rc == 0)
-        rc = kb_buf_append(out, "\r\n", 2);
-    if (rc == 0 && req->body_len > 0)
-        rc = kb_buf_append(out, req->body, req->body_len);
-    return rc;
+    if (!has_host)
+        total += sizeof("Host: []:\r\n") - 1 + hostlen + (size_t)(pe - ps);
+    if (clen)
+        total += sizeof("Content-Length: \r\n") - 1 + (size_t)(le - ls);
+    total += 2 + req->body_len;
+    if ((rc = kb_buf_reserve(out, total)) != 0)
+        return rc;
+
+    p = out->data + out->len;
+    p = put(p, req->method, mlen);
+    *p++ = ' ';
+    p = put(p, req->target, tlen);
+    p = put(p, " HTTP/1.1\r\n", 11);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const kb_http_header *h = &req->headers[i];
+        size_t nlen = strlen(h->name);
+        if (header_kind(h->name, nlen) < 0)
+            continue;
+        p = put(p, h->name, nlen);
+        *p++ = ':';
+        *p++ = ' ';
+        p = put(p, h->value, strlen(h->value));
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    if (!has_host) {
+        p = put(p, "Host: ", 6);
+        if (bracket)
+            *p++ = '[';
+        p = put(p, req->host, hostlen);
+        if (bracket)
+            *p++ = ']';
+        *p++ = ':';
+        p = put(p, ps, (size_t)(pe - ps));
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    if (clen) {
+        p = put(p, "Content-Length: ", 16);
+        p = put(p, ls, (size_t)(le - ls));
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    if (req->body_len > 0)
+        p = put(p, req->body, req->body_len);
+    out->len = (size_t)(p - out->data);
+    out->data[out->len] = '\0';
+    return 0;
 }
 
 int
@@ -889,22 +1093,21 @@ kb_http_client_send(kb_http_client *c, const kb_http_client_req *req,
 
     if (c->destroying)
         return KB_ECANCELED;
-    if (req == NULL || cb == NULL || !is_token(req->method) ||
+    if (req == NULL || cb == NULL || token_len(req->method) == 0 ||
         !is_visible(req->target) || !is_visible(req->host) ||
         strchr(req->host, '/') != NULL || req->port <= 0 ||
         req->port > 65535 || (req->body_len > 0 && req->body == NULL) ||
         req->body_len > INT32_MAX / 2)
         return KB_EINVAL;
-    call = calloc(1, sizeof(*call));
+    call = call_alloc(c);
     if (call == NULL)
         return KB_ENOMEM;
     call->cl = c;
     call->cb = cb;
     call->data = data;
-    kb_buf_init(&call->out, req->body_len + (1u << 20));
-    call->fields = malloc(KB_HTTP_DEFAULT_MAX_HEADERS * sizeof(*call->fields));
+    call->out.max = req->body_len + (1u << 20);
     call->be = backend_get(c, req->host, req->port);
-    if (call->fields == NULL || call->be == NULL) {
+    if (call->be == NULL) {
         rc = KB_ENOMEM;
         goto out_free;
     }
@@ -936,9 +1139,7 @@ kb_http_client_send(kb_http_client *c, const kb_http_client_req *req,
     return 0;
 
 out_free:
-    kb_buf_free(&call->out);
-    free(call->fields);
-    free(call);
+    call_free(call);
     return rc;
 }
 

@@ -16,6 +16,7 @@
 #ifndef KB_HTTP_CLIENT_H
 #define KB_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -45,6 +46,9 @@ typedef struct kb_http_client_req {
     const char *body;
     size_t      body_len;
     uint64_t    timeout_ms;         /* whole exchange; 0 → 15 s */
+    /* kb_curl_client only (curl_client.h); kb_http_client ignores them */
+    bool        tls;                /* https: verify against `host` */
+    bool        h2;                 /* HTTP/2 (prior knowledge if !tls) */
 } kb_http_client_req;
 
 typedef struct kb_http_client_res {
@@ -54,6 +58,8 @@ typedef struct kb_http_client_res {
     size_t          nheaders;
     const char     *body;           /* NUL-terminated, valid during cb */
     size_t          body_len;
+    kb_http_header *trailers;       /* HTTP/2 trailers (gRPC status) */
+    size_t          ntrailers;
 } kb_http_client_res;
 
 /* res is NULL when err != 0. Called exactly once unless canceled. */

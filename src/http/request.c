@@ -1,12 +1,25 @@
 /*
- * request.c - the stateless parts of the server API (see server.h): status
- * names and reason phrases, header and query-parameter lookup.  Kept apart
- * from server.c, which is the connection machinery.
+ * request.c - what handlers call (see server.h): status names and reason
+ * phrases, header and query-parameter lookup, and the response functions
+ * (whole, with trailers, streamed) for HTTP/1.x requests and HTTP/2
+ * streams.  Kept apart from server.c, which is the connection machinery.
  */
 #include "http/server.h"
+#include "http/http_internal.h"
+#include "http/parser.h"
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/log.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#define STREAM_MAX_PENDING   (16u << 20)    /* unsent streamed bytes */
+
+typedef kb_http__conn conn;
+typedef kb_http__req  srv_req;
 
 /* ---- status tables ------------------------------------------------------ */
 
@@ -161,4 +174,301 @@ kb_http_req_query(const kb_http_req *req, const char *name)
         p = amp + 1;
     }
     return NULL;
+}
+
+/* ---- request hooks ------------------------------------------------------ */
+
+void
+kb_http_req_on_abort(kb_http_req *req, kb_http_abort_cb cb, void *data)
+{
+    srv_req *r = (srv_req *)req;
+
+    r->abort_cb = cb;
+    r->abort_data = data;
+}
+
+/* ---- responses ---------------------------------------------------------- */
+
+/* The response to a request whose connection is gone: count it, detach
+ * it, release it. */
+static void
+req_finish_orphan(srv_req *r)
+{
+    conn *c = r->conn;
+
+    kb_http__count(r->pub.server, r->status, r->pub.start_ns);
+    r->done = true;
+    if (c != NULL) {
+        c->req = NULL;
+        r->conn = NULL;
+    }
+    kb_http__req_release(r);
+}
+
+void
+kb_http_respond(kb_http_req *req, int status, const kb_http_header *headers,
+                size_t nheaders, const char *body, size_t body_len)
+{
+    long long framing;
+    srv_req *r = (srv_req *)req;
+    conn *c = r->conn;
+    char *head;
+    size_t hlen;
+    bool keepalive, send_body;
+
+    if (r->streaming) {
+        kb_log_warn("http: respond after response_start", NULL);
+        kb_http_response_end(req);
+        return;
+    }
+    if (status < 100 || status > 999 || body_len > INT32_MAX) {
+        status = 500;               /* uv_buf_t lengths are 32-bit */
+        body_len = 0;
+    }
+    if (req->http_major == 2) {
+        kb_http__h2_respond(r, status, headers, nheaders, body, body_len,
+                            NULL, 0);
+        return;
+    }
+    r->status = status;
+    if (c == NULL || c->state == CONN_CLOSED) {
+        req_finish_orphan(r);
+        return;
+    }
+    keepalive = kb_http__req_keepalive(r);
+    send_body = kb_http__status_has_body(status) && !r->no_body;
+    framing = kb_http__status_has_body(status) ? (long long)body_len : -2;
+    if (r->no_body && framing == 0)
+        framing = kb_http__head_length(headers, nheaders);
+    head = kb_http__build_head(r, status, headers, nheaders, framing, keepalive,
+                      &hlen);
+    if (head == NULL) {
+        kb_http__conn_close(c);
+    } else {
+        uv_buf_t bufs[2] = {
+            uv_buf_init(head, (unsigned)hlen),
+            uv_buf_init((char *)(body ? body : ""),
+                        send_body && body ? (unsigned)body_len : 0),
+        };
+        kb_http__conn_write(c, bufs, 2);
+    }
+    kb_http__response_done(c, r, keepalive);
+}
+
+/*
+ * HTTP/1.1: the body as one chunk, then the trailer section (announced in
+ * a Trailer header).  HTTP/1.0, HEAD and statuses without a body cannot
+ * carry trailers: a plain response, trailers dropped.
+ */
+void
+kb_http_respond_trailers(kb_http_req *req, int status,
+                         const kb_http_header *headers, size_t nheaders,
+                         const char *body, size_t body_len,
+                         const kb_http_header *trailers, size_t ntrailers)
+{
+    srv_req *r = (srv_req *)req;
+    kb_buf tail = KB_BUF_INIT(KB_HTTP_TRAILER_MAX + 64);
+    kb_buf names = KB_BUF_INIT(KB_HTTP_TRAILER_MAX);
+    kb_http_header *hs;
+    conn *c = r->conn;
+    char line[24];
+    char *head;
+    size_t hlen, nh = 0;
+    bool keepalive;
+
+    if (status < 100 || status > 999 || body_len > INT32_MAX) {
+        status = 500;
+        body_len = 0;
+    }
+    if (req->http_major == 2 && !r->streaming) {
+        kb_http__h2_respond(r, status, headers, nheaders, body, body_len,
+                            trailers, ntrailers);
+        return;
+    }
+    if (r->streaming || req->version_minor < 1 || r->no_body ||
+        !kb_http__status_has_body(status) || c == NULL || c->state == CONN_CLOSED) {
+        kb_http_respond(req, status, headers, nheaders, body, body_len);
+        return;
+    }
+    r->status = status;
+    for (size_t i = 0; i < ntrailers; i++) {
+        const kb_http_header *t = &trailers[i];
+        if (!kb_http__header_ok(t) || kb_http__header_reserved(t->name) ||
+            strcasecmp(t->name, "trailer") == 0)
+            continue;
+        if (tail.len + strlen(t->name) + strlen(t->value) + 4 >
+                KB_HTTP_TRAILER_MAX ||
+            (names.len > 0 && kb_buf_append(&names, ", ", 2) != 0) ||
+            kb_buf_appends(&names, t->name) != 0 ||
+            kb_buf_appendf(&tail, "%s: %s\r\n", t->name, t->value) != 0)
+            break;                      /* over the trailer limit: cut */
+    }
+    hs = kb_pool_alloc(req->pool, (nheaders + 1) * sizeof(*hs));
+    keepalive = kb_http__req_keepalive(r);
+    head = NULL;
+    if (hs != NULL && kb_buf_append(&tail, "\r\n", 2) == 0) {
+        for (size_t i = 0; i < nheaders; i++)
+            if (strcasecmp(headers[i].name, "trailer") != 0)
+                hs[nh++] = headers[i];
+        if (names.len > 0)
+            hs[nh++] = (kb_http_header){ "Trailer", names.data };
+        head = kb_http__build_head(r, status, hs, nh, -1, keepalive, &hlen);
+    }
+    if (head == NULL) {
+        kb_http__conn_close(c);
+    } else {
+        uv_buf_t bufs[5] = {
+            uv_buf_init(head, (unsigned)hlen),
+            uv_buf_init(line, body_len > 0 ? (unsigned)snprintf(
+                            line, sizeof(line), "%zx\r\n", body_len) : 0),
+            uv_buf_init((char *)(body ? body : ""), (unsigned)body_len),
+            uv_buf_init((char *)"\r\n0\r\n", 5),
+            uv_buf_init(tail.data, (unsigned)tail.len),
+        };
+        if (body_len == 0) {
+            bufs[3].base += 2;          /* just "0\r\n" */
+            bufs[3].len = 3;
+        }
+        kb_http__conn_write(c, bufs, 5);
+    }
+    kb_http__response_done(c, r, keepalive);
+    kb_buf_free(&tail);
+    kb_buf_free(&names);
+}
+
+void
+kb_http_respond_json(kb_http_req *req, int status, json_t *body)
+{
+    static const kb_http_header ct = { "Content-Type", "application/json" };
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY)
+                              : NULL;
+
+    json_decref(body);
+    if (text == NULL) {
+        kb_http_respond_error(req, 500, "cannot encode response");
+        return;
+    }
+    kb_http_respond(req, status, &ct, 1, text, strlen(text));
+    free(text);
+}
+
+void
+kb_http_respond_error(kb_http_req *req, int status, const char *message)
+{
+    static const kb_http_header ct = { "Content-Type", "application/json" };
+    json_t *j = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", status,
+                          "status", kb_http_status_name(status), "message",
+                          message != NULL ? message : "");
+    char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+
+    json_decref(j);
+    if (text == NULL) {
+        static const char fallback[] =
+            "{\"error\":{\"code\":500,\"status\":\"INTERNAL\","
+            "\"message\":\"out of memory\"}}";
+        kb_http_respond(req, 500, &ct, 1, fallback, sizeof(fallback) - 1);
+        return;
+    }
+    kb_http_respond(req, status, &ct, 1, text, strlen(text));
+    free(text);
+}
+
+int
+kb_http_response_start(kb_http_req *req, int status,
+                       const kb_http_header *headers, size_t nheaders)
+{
+    srv_req *r = (srv_req *)req;
+    conn *c = r->conn;
+    char *head;
+    size_t hlen;
+    long long framing;
+    uv_buf_t b;
+
+    if (r->streaming)
+        return KB_EINVAL;
+    if (status < 100 || status > 999)
+        status = 500;
+    if (req->http_major == 2)
+        return kb_http__h2_start_response(r, status, headers, nheaders);
+    r->streaming = true;
+    r->status = status;
+    if (c == NULL || c->state == CONN_CLOSED)
+        return KB_ECANCELED;
+    if (!kb_http__status_has_body(status)) {
+        r->no_body = true;
+        framing = -2;
+    } else if (r->pub.version_minor >= 1) {
+        r->chunked_out = !r->no_body;
+        framing = -1;
+    } else {
+        c->close_after = true;          /* HTTP/1.0: body ends at close */
+        framing = -2;
+    }
+    head = kb_http__build_head(r, status, headers, nheaders, framing,
+                      kb_http__req_keepalive(r), &hlen);
+    if (head == NULL) {
+        kb_http__conn_close(c);
+        return KB_ECANCELED;
+    }
+    b = uv_buf_init(head, (unsigned)hlen);
+    return kb_http__conn_write(c, &b, 1);
+}
+
+int
+kb_http_response_write(kb_http_req *req, const char *data, size_t len)
+{
+    srv_req *r = (srv_req *)req;
+    conn *c = r->conn;
+    char line[24];
+    uv_buf_t bufs[3];
+
+    if (!r->streaming || len > INT32_MAX)
+        return KB_EINVAL;
+    if (req->http_major == 2)
+        return kb_http__h2_write(r, data, len);
+    if (c == NULL || c->state == CONN_CLOSED)
+        return KB_ECANCELED;
+    if (len == 0 || r->no_body)
+        return 0;
+    if (c->wbytes + len > STREAM_MAX_PENDING) {
+        /* The client does not read: treat it as gone. */
+        kb_http__conn_close(c);
+        return KB_ECANCELED;
+    }
+    if (!r->chunked_out) {
+        bufs[0] = uv_buf_init((char *)data, (unsigned)len);
+        return kb_http__conn_write(c, bufs, 1);
+    }
+    bufs[0] = uv_buf_init(line, (unsigned)snprintf(line, sizeof(line),
+                                                   "%zx\r\n", len));
+    bufs[1] = uv_buf_init((char *)data, (unsigned)len);
+    bufs[2] = uv_buf_init((char *)"\r\n", 2);
+    return kb_http__conn_write(c, bufs, 3);
+}
+
+void
+kb_http_response_end(kb_http_req *req)
+{
+    srv_req *r = (srv_req *)req;
+    conn *c = r->conn;
+    bool keepalive;
+
+    if (!r->streaming) {
+        kb_http_respond(req, 500, NULL, 0, NULL, 0);
+        return;
+    }
+    if (req->http_major == 2) {
+        kb_http__h2_end(r);
+        return;
+    }
+    if (c == NULL || c->state == CONN_CLOSED) {
+        req_finish_orphan(r);
+        return;
+    }
+    keepalive = kb_http__req_keepalive(r);
+    if (r->chunked_out) {
+        uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
+        kb_http__conn_write(c, &b, 1);
+    }
+    kb_http__response_done(c, r, keepalive);
 }

@@ -1,10 +1,14 @@
 /*
- * server.c - HTTP/1.1 server on a libuv loop (see server.h).
+ * server.c - HTTP server on a libuv loop (see server.h): connections and
+ * HTTP/1.1.
  *
  * Each TCP connection is a `conn` running a small state machine (IDLE →
  * HEAD → BODY → HANDLER → FLUSH → IDLE …); each request is a `srv_req`
- * living in its own kb_pool.  Framing comes from parser.c only.  Nothing
- * here is global: one server per loop, several loops may share a port.
+ * living in its own kb_pool.  Framing comes from parser.c only.  A TLS
+ * connection runs its bytes through tls.c first; an HTTP/2 connection
+ * (h2c prior knowledge or ALPN "h2") is handed to h2.c (state CONN_H2).
+ * Nothing here is global: one server per loop, several loops may share a
+ * port.
  */
 #include "http/server.h"
 #include "http/parser.h"
@@ -15,6 +19,7 @@
 #include "core/metrics.h"
 #include "core/time.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +27,8 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
+
+#include "http/tls.h"
 
 #define DEFAULT_MAX_BODY     (32u << 20)
 #define DEFAULT_HEADER_MS    10000u
@@ -31,89 +38,10 @@
 #define READ_CHUNK           (16u * 1024)   /* grow the read buffer by */
 #define READ_SLACK           (16u * 1024)   /* read buffer beyond the head */
 #define LINGER_MS            2000u          /* drain input before close */
-#define STREAM_MAX_PENDING   (16u << 20)    /* unsent streamed bytes */
 #define LISTEN_BACKLOG       511
 
-typedef enum conn_state {
-    CS_IDLE,      /* between requests: nothing of the next one parsed yet */
-    CS_HEAD,      /* reading a request head */
-    CS_BODY,      /* reading a request body */
-    CS_HANDLER,   /* the handler has the request (maybe streaming) */
-    CS_FLUSH,     /* response handed over; waiting for the writes */
-    CS_LINGER,    /* our side shut down; draining input, then close */
-    CS_CLOSED,    /* uv_close() called; freed in the close callbacks */
-} conn_state;
-
-typedef struct srv_req srv_req;
-typedef struct conn conn;
-
-struct conn {
-    uv_tcp_t        tcp;
-    uv_timer_t      timer;
-    uv_shutdown_t   shutdown;
-    kb_http_server *srv;
-    conn           *prev, *next;
-    kb_buf          rbuf;          /* input; freed while idle */
-    size_t          rpos;          /* start of unprocessed input in rbuf */
-    srv_req        *req;           /* request being read or served */
-    conn_state      state;
-    unsigned        nwrites;       /* uv_write requests in flight */
-    size_t          wbytes;        /* bytes in those requests */
-    uint64_t        since_ms;      /* uv_now when the current wait began */
-    uint64_t        deadline_ms;   /* of the armed timer, 0 = none */
-    uint64_t        head_deadline; /* CS_HEAD / CS_BODY deadline */
-    unsigned        open_handles;
-    bool            reading;
-    bool            read_paused;   /* buffer was full (UV_ENOBUFS) */
-    bool            read_into_body;/* on_alloc gave out body space */
-    bool            peer_eof;
-    bool            close_after;   /* close once the writes are done */
-    bool            in_process;
-    bool            served;        /* a request was answered already */
-    char            remote_addr[64];
-    int             remote_port;
-};
-
-struct srv_req {
-    kb_http_req      pub;          /* first: srv_req * == kb_http_req * */
-    conn            *conn;         /* NULL once the connection is gone */
-    kb_http_head     head;
-    kb_http_chunked  chunk;
-    kb_buf           body;
-    uint64_t         body_left;    /* Content-Length bytes still to read */
-    kb_http_abort_cb abort_cb;
-    void            *abort_data;
-    int              status;
-    bool             with_handler; /* counted in srv->inflight */
-    bool             streaming;
-    bool             chunked_out;
-    bool             no_body;      /* HEAD, or a status without body */
-    bool             done;
-};
-
-struct kb_http_server {
-    uv_loop_t          *loop;
-    uv_tcp_t            listener;
-    uv_timer_t          grace;
-    kb_http_server_opts opts;
-    kb_http_limits      limits;
-    char               *name;
-    conn               *conns;
-    size_t              nconns;
-    size_t              inflight;
-    int                 port;
-    unsigned            open_handles;
-    bool                shutting_down;
-    bool                grace_closing;
-    bool                done_called;
-    void              (*done)(void *);
-    void               *done_data;
-    time_t              date_sec;
-    char                date[40];
-    kb_counter         *requests[5];   /* 1xx … 5xx */
-    kb_histogram       *duration;
-    kb_gauge           *connections;
-};
+typedef kb_http__conn conn;
+typedef kb_http__req  srv_req;
 
 typedef struct wreq {
     uv_write_t req;
@@ -123,12 +51,11 @@ typedef struct wreq {
 } wreq;
 
 static void conn_process(conn *c);
-static void conn_close(conn *c);
-static void conn_arm(conn *c);
 static void srv_maybe_finish(kb_http_server *srv);
+static void tls_pump(conn *c);
 
-static bool
-status_has_body(int status)
+bool
+kb_http__status_has_body(int status)
 {
     return !(status < 200 || status == 204 || status == 304);
 }
@@ -136,8 +63,8 @@ status_has_body(int status)
 /* ---- small helpers ------------------------------------------------------ */
 
 /* Date header value, formatted at most once per second per server. */
-static const char *
-srv_date(kb_http_server *srv)
+const char *
+kb_http__date(kb_http_server *srv)
 {
     static const char days[7][4] = {
         "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
@@ -159,8 +86,8 @@ srv_date(kb_http_server *srv)
 }
 
 /* A header a handler may send: token name, value without CR/LF/NUL. */
-static bool
-header_ok(const kb_http_header *h)
+bool
+kb_http__header_ok(const kb_http_header *h)
 {
     static const char tchars[] = "!#$%&'*+-.^_`|~";
     const unsigned char *p;
@@ -178,8 +105,8 @@ header_ok(const kb_http_header *h)
 }
 
 /* Headers the server owns and drops from a handler's list. */
-static bool
-header_reserved(const char *name)
+bool
+kb_http__header_reserved(const char *name)
 {
     return strcasecmp(name, "content-length") == 0 ||
            strcasecmp(name, "transfer-encoding") == 0 ||
@@ -217,7 +144,19 @@ srv_metrics_init(kb_http_server *srv)
                                      kb_metrics_latency_nbuckets);
     srv->connections = kb_gauge_get("kiban_http_connections",
                                     "Open HTTP connections", lab.data);
-    if (srv->duration != NULL && srv->connections != NULL)
+    if (srv->duration == NULL || srv->connections == NULL)
+        goto out_free;
+    for (int i = 0; i < 2; i++) {
+        kb_buf_reset(&lab);
+        if (kb_buf_appendf(&lab, "listener=\"%s\",reason=\"%s\"",
+                           kb_buf_cstr(&esc),
+                           i == 0 ? "max_connections" : "per_ip") != 0)
+            goto out_free;
+        *(i == 0 ? &srv->rejected_max : &srv->rejected_ip) = kb_counter_get(
+            "kiban_http_connections_rejected_total",
+            "Connections closed at accept, by reason", lab.data);
+    }
+    if (srv->rejected_max != NULL && srv->rejected_ip != NULL)
         rc = 0;
 out_free:
     kb_buf_free(&esc);
@@ -225,8 +164,8 @@ out_free:
     return rc;
 }
 
-static void
-srv_count(kb_http_server *srv, int status, uint64_t start_ns)
+void
+kb_http__count(kb_http_server *srv, int status, uint64_t start_ns)
 {
     int cls = status / 100;
 
@@ -239,20 +178,22 @@ srv_count(kb_http_server *srv, int status, uint64_t start_ns)
 
 /* ---- requests ----------------------------------------------------------- */
 
-/* A new request on `c`, started by its first byte.  NULL when out of memory. */
-static srv_req *
-req_new(conn *c)
+/* A new request on `c`: HTTP/1 (started by its first byte) or an HTTP/2
+ * stream (h2.c; then no HTTP/1 field array).  NULL when out of memory. */
+srv_req *
+kb_http__req_new(conn *c, bool http1)
 {
     kb_http_server *srv = c->srv;
     kb_pool *pool = kb_pool_create(0);
-    kb_http_field *fields;
+    kb_http_field *fields = NULL;
     srv_req *r;
 
     if (pool == NULL)
         return NULL;
     r = kb_pool_calloc(pool, sizeof(*r));
-    fields = kb_pool_alloc(pool, srv->limits.max_headers * sizeof(*fields));
-    if (r == NULL || fields == NULL) {
+    if (http1)
+        fields = kb_pool_alloc(pool, srv->limits.max_headers * sizeof(*fields));
+    if (r == NULL || (http1 && fields == NULL)) {
         kb_pool_destroy(pool);
         return NULL;
     }
@@ -261,15 +202,20 @@ req_new(conn *c)
     r->pub.conn_ = c;
     r->pub.body = "";
     r->pub.query = "";
+    r->pub.http_major = http1 ? 1 : 2;
+    r->pub.tls = c->tls != NULL;
+    memcpy(r->pub.remote_addr, c->remote_addr, sizeof(r->pub.remote_addr));
+    r->pub.remote_port = c->remote_port;
     r->conn = c;
-    kb_http_head_init(&r->head, fields, srv->limits.max_headers);
+    if (http1)
+        kb_http_head_init(&r->head, fields, srv->limits.max_headers);
     kb_buf_init(&r->body, srv->opts.max_body);
     return r;
 }
 
 /* Free a request: the last thing done with it (r lives in its pool). */
-static void
-req_release(srv_req *r)
+void
+kb_http__req_release(srv_req *r)
 {
     kb_http_server *srv = r->pub.server;
     bool counted = r->with_handler;
@@ -289,7 +235,6 @@ req_fill(srv_req *r, const char *buf, size_t len)
     kb_http_req *q = &r->pub;
     kb_http_head *h = &r->head;
     char *copy = kb_pool_alloc(q->pool, len + 1);
-    conn *c = r->conn;
 
     if (copy == NULL)
         return KB_ENOMEM;
@@ -318,8 +263,6 @@ req_fill(srv_req *r, const char *buf, size_t len)
         q->headers[i].name = copy + f->name.off;
         q->headers[i].value = copy + f->value.off;
     }
-    snprintf(q->remote_addr, sizeof(q->remote_addr), "%s", c->remote_addr);
-    q->remote_port = c->remote_port;
     q->start_ns = kb_time_mono_ns();
     r->no_body = strcmp(q->method, "HEAD") == 0;
     return 0;
@@ -336,29 +279,35 @@ on_write(uv_write_t *req, int status)
     c->nwrites--;
     c->wbytes -= w->len;
     free(w);
-    if (c->state == CS_CLOSED)
+    if (c->state == CONN_CLOSED)
         return;
     if (status < 0) {
-        conn_close(c);
+        kb_http__conn_close(c);
         return;
     }
     c->since_ms = uv_now(c->srv->loop);
+    if (c->h2 != NULL) {
+        kb_http__h2_flush(c);           /* room for more, maybe */
+        kb_http__conn_arm(c);
+        return;
+    }
     conn_process(c);
 }
 
 /*
- * Send bufs in order: uv_try_write when nothing is queued, the rest copied
- * into an owned block for uv_write.  The caller's memory is not kept.
- * Returns 0, or KB_ECANCELED when the connection is (now) closing.
+ * Send bufs in order on the socket: uv_try_write when nothing is queued,
+ * the rest copied into an owned block for uv_write.  The caller's memory
+ * is not kept.  Returns 0, or KB_ECANCELED when the connection is (now)
+ * closing.
  */
 static int
-conn_write(conn *c, const uv_buf_t *bufs, unsigned n)
+conn_send_raw(conn *c, const uv_buf_t *bufs, unsigned n)
 {
     size_t total = 0, done = 0, off = 0;
     wreq *w;
     uv_buf_t b;
 
-    if (c->state == CS_CLOSED)
+    if (c->state == CONN_CLOSED)
         return KB_ECANCELED;
     for (unsigned i = 0; i < n; i++)
         total += bufs[i].len;
@@ -369,7 +318,7 @@ conn_write(conn *c, const uv_buf_t *bufs, unsigned n)
         if (rc >= 0)
             done = (size_t)rc;
         else if (rc != UV_EAGAIN && rc != UV_ENOSYS) {
-            conn_close(c);
+            kb_http__conn_close(c);
             return KB_ECANCELED;
         }
         if (done == total)
@@ -377,7 +326,7 @@ conn_write(conn *c, const uv_buf_t *bufs, unsigned n)
     }
     w = malloc(sizeof(*w) + (total - done));
     if (w == NULL) {
-        conn_close(c);
+        kb_http__conn_close(c);
         return KB_ECANCELED;
     }
     for (unsigned i = 0; i < n; i++) {
@@ -391,23 +340,47 @@ conn_write(conn *c, const uv_buf_t *bufs, unsigned n)
     b = uv_buf_init(w->data, (unsigned)off);
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
         free(w);
-        conn_close(c);
+        kb_http__conn_close(c);
         return KB_ECANCELED;
     }
     if (c->nwrites++ == 0)
         c->since_ms = uv_now(c->srv->loop);
     c->wbytes += off;
     if (!c->in_process)
-        conn_arm(c);                /* the write-progress timer */
+        kb_http__conn_arm(c);                /* the write-progress timer */
     return 0;
+}
+
+/* tls.c hands us its records here (kb_tls_send_fn). */
+static void
+tls_send(void *arg, const char *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+
+    conn_send_raw(arg, &b, 1);
+}
+
+/* Send bufs to the client, through TLS when the connection has it. */
+int
+kb_http__conn_write(conn *c, const uv_buf_t *bufs, unsigned n)
+{
+    if (c->tls == NULL)
+        return conn_send_raw(c, bufs, n);
+    if (c->state == CONN_CLOSED)
+        return KB_ECANCELED;
+    if (kb_http__tls_write(c->tls, bufs, n) != 0) {
+        kb_http__conn_close(c);
+        return KB_ECANCELED;
+    }
+    return c->state == CONN_CLOSED ? KB_ECANCELED : 0;
 }
 
 /*
  * The length a HEAD response announces: what the handler says in its own
  * Content-Length (a proxy relays the backend's), else 0.
  */
-static long long
-head_content_length(const kb_http_header *hdrs, size_t nh)
+long long
+kb_http__head_length(const kb_http_header *hdrs, size_t nh)
 {
     for (size_t i = 0; i < nh; i++) {
         const char *v = hdrs[i].value;
@@ -426,9 +399,10 @@ head_content_length(const kb_http_header *hdrs, size_t nh)
  * Build a response head in the request pool.  framing: the Content-Length
  * value, or -1 for chunked, or -2 for none (read until close / no body).
  */
-static char *
-build_head(srv_req *r, int status, const kb_http_header *hdrs, size_t nh,
-           long long framing, bool keepalive, size_t *len)
+char *
+kb_http__build_head(srv_req *r, int status, const kb_http_header *hdrs,
+                    size_t nh, long long framing, bool keepalive,
+                    size_t *len)
 {
     kb_http_server *srv = r->pub.server;
     size_t cap = 256, n = 0;
@@ -436,22 +410,22 @@ build_head(srv_req *r, int status, const kb_http_header *hdrs, size_t nh,
     int w;
 
     for (size_t i = 0; i < nh; i++)
-        if (header_ok(&hdrs[i]))
+        if (kb_http__header_ok(&hdrs[i]))
             cap += strlen(hdrs[i].name) + strlen(hdrs[i].value) + 4;
     out = kb_pool_alloc(r->pub.pool, cap);
     if (out == NULL)
         return NULL;
     w = snprintf(out, cap, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status,
-                 kb_http_reason(status), srv_date(srv));
+                 kb_http_reason(status), kb_http__date(srv));
     n = (size_t)w;
     for (size_t i = 0; i < nh; i++) {
         size_t a, b;
-        if (!header_ok(&hdrs[i])) {
+        if (!kb_http__header_ok(&hdrs[i])) {
             kb_log_warn("http: dropped invalid response header", "{s:s}",
                         "listener", srv->name);
             continue;
         }
-        if (header_reserved(hdrs[i].name))
+        if (kb_http__header_reserved(hdrs[i].name))
             continue;
         a = strlen(hdrs[i].name);
         b = strlen(hdrs[i].value);
@@ -480,8 +454,8 @@ build_head(srv_req *r, int status, const kb_http_header *hdrs, size_t nh,
 }
 
 /* May the connection carry another request after this response? */
-static bool
-req_keepalive(const srv_req *r)
+bool
+kb_http__req_keepalive(const srv_req *r)
 {
     const conn *c = r->conn;
 
@@ -493,18 +467,18 @@ req_keepalive(const srv_req *r)
  * The response to c->req has been handed over: count it, free the request
  * and let the connection go on (next request, or close) once flushed.
  */
-static void
-conn_response_done(conn *c, srv_req *r, bool keepalive)
+void
+kb_http__response_done(conn *c, srv_req *r, bool keepalive)
 {
-    srv_count(c->srv, r->status, r->pub.start_ns);
+    kb_http__count(c->srv, r->status, r->pub.start_ns);
     r->done = true;
     r->conn = NULL;
     c->req = NULL;
-    req_release(r);
+    kb_http__req_release(r);
     if (!keepalive)
         c->close_after = true;
-    if (c->state != CS_CLOSED)
-        c->state = CS_FLUSH;
+    if (c->state != CONN_CLOSED)
+        c->state = CONN_FLUSH;
     conn_process(c);
 }
 
@@ -519,7 +493,7 @@ conn_error(conn *c, int status, const char *message)
     static const kb_http_header ct = { "Content-Type", "application/json" };
 
     if (r == NULL) {
-        conn_close(c);
+        kb_http__conn_close(c);
         return;
     }
     r->status = status;
@@ -528,20 +502,20 @@ conn_error(conn *c, int status, const char *message)
     if (j != NULL)
         body = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    head = build_head(r, status, &ct, 1, body ? (long long)strlen(body) : 0,
+    head = kb_http__build_head(r, status, &ct, 1, body ? (long long)strlen(body) : 0,
                       false, &hlen);
     if (head != NULL) {
         uv_buf_t bufs[2] = { uv_buf_init(head, (unsigned)hlen),
                              uv_buf_init(body ? body : (char *)"",
                                          body && !r->no_body
                                              ? (unsigned)strlen(body) : 0) };
-        conn_write(c, bufs, 2);
+        kb_http__conn_write(c, bufs, 2);
     } else {
-        conn_close(c);
+        kb_http__conn_close(c);
     }
     free(body);
     c->close_after = true;
-    conn_response_done(c, r, false);
+    kb_http__response_done(c, r, false);
 }
 
 /* ---- reading requests --------------------------------------------------- */
@@ -552,13 +526,22 @@ dispatch(conn *c)
     srv_req *r = c->req;
     kb_http_server *srv = c->srv;
 
+    c->state = CONN_HANDLER;
+    kb_http__dispatch(r);
+    /* r may be gone now: the handler may have answered already. */
+    (void)srv;
+}
+
+void
+kb_http__dispatch(srv_req *r)
+{
+    kb_http_server *srv = r->pub.server;
+
     r->pub.body = r->body.data != NULL ? r->body.data : "";
     r->pub.body_len = r->body.len;
     r->with_handler = true;
     srv->inflight++;
-    c->state = CS_HANDLER;
     srv->opts.handler(&r->pub, srv->opts.data);
-    /* r may be gone now: the handler may have answered already. */
 }
 
 static bool
@@ -602,9 +585,9 @@ read_head(conn *c)
     if ((fl & KB_HTTP_EXPECT_CONTINUE) && c->rpos == c->rbuf.len) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
-        conn_write(c, &b, 1);
+        kb_http__conn_write(c, &b, 1);
     }
-    c->state = CS_BODY;
+    c->state = CONN_BODY;
     c->head_deadline = uv_now(srv->loop) + srv->opts.body_timeout_ms;
     return true;
 }
@@ -651,6 +634,15 @@ read_body(conn *c)
     return true;
 }
 
+/* Runs once the FIN is sent, or with UV_ECANCELED when the connection
+ * closes first. */
+static void
+on_shutdown(uv_shutdown_t *sh, int status)
+{
+    (void)status;
+    free(sh);
+}
+
 /* After the last write of a response: next request, linger, or close. */
 static bool
 conn_flushed(conn *c)
@@ -660,21 +652,56 @@ conn_flushed(conn *c)
     if (c->nwrites > 0)
         return false;
     if (c->close_after || c->peer_eof || srv->shutting_down) {
-        if (c->peer_eof ||
-            uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, NULL) != 0) {
-            conn_close(c);
+        if (c->tls != NULL && !c->peer_eof)
+            kb_http__tls_shutdown(c->tls);     /* close_notify first */
+        /* allocated only now: idle connections stay small */
+        uv_shutdown_t *sh = c->peer_eof ? NULL : malloc(sizeof(*sh));
+        if (sh == NULL ||
+            uv_shutdown(sh, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+            free(sh);
+            kb_http__conn_close(c);
             return false;
         }
-        c->state = CS_LINGER;
+        c->state = CONN_LINGER;
         c->since_ms = uv_now(srv->loop);
         kb_buf_free(&c->rbuf);
         c->rpos = 0;
         return false;
     }
-    c->state = CS_IDLE;
+    c->state = CONN_IDLE;
     c->served = true;
     c->since_ms = uv_now(srv->loop);
     return true;
+}
+
+/*
+ * The first bytes of a plain connection on an HTTP/2 listener: the h2c
+ * preface switches it to HTTP/2 (with those bytes), anything else is
+ * HTTP/1.1.  A prefix of the preface waits for more.  True to go on.
+ */
+static bool
+conn_sniff_h2c(conn *c)
+{
+    const char *in = c->rbuf.data + c->rpos;
+    size_t n = c->rbuf.len - c->rpos;
+    size_t cmp = n < KB_HTTP__H2_PREFACE_LEN ? n : KB_HTTP__H2_PREFACE_LEN;
+
+    if (memcmp(in, KB_HTTP__H2_PREFACE, cmp) != 0) {
+        c->proto_known = true;          /* HTTP/1.1 */
+        return true;
+    }
+    if (n < KB_HTTP__H2_PREFACE_LEN)
+        return false;
+    c->proto_known = true;
+    if (kb_http__h2_start(c) != 0 ||
+        kb_http__h2_recv(c, in, n) != 0) {
+        kb_http__conn_close(c);
+        return false;
+    }
+    kb_buf_free(&c->rbuf);
+    c->rpos = 0;
+    kb_http__h2_flush(c);
+    return false;
 }
 
 /* One step of the connection state machine; true to keep going. */
@@ -684,30 +711,32 @@ conn_step(conn *c)
     kb_http_server *srv = c->srv;
 
     switch (c->state) {
-    case CS_IDLE:
+    case CONN_IDLE:
         if (c->rpos == c->rbuf.len) {
             kb_buf_free(&c->rbuf);       /* idle connections hold no buffer */
             c->rpos = 0;
             return false;
         }
         if (srv->shutting_down) {
-            conn_close(c);
+            kb_http__conn_close(c);
             return false;
         }
-        c->req = req_new(c);
+        if (!c->proto_known)
+            return conn_sniff_h2c(c);
+        c->req = kb_http__req_new(c, true);
         if (c->req == NULL) {
-            conn_close(c);
+            kb_http__conn_close(c);
             return false;
         }
         c->head_deadline = (c->served ? uv_now(srv->loop) : c->since_ms) +
                            srv->opts.header_timeout_ms;
-        c->state = CS_HEAD;
+        c->state = CONN_HEAD;
         return true;
-    case CS_HEAD:
+    case CONN_HEAD:
         return read_head(c);
-    case CS_BODY:
+    case CONN_BODY:
         return read_body(c);
-    case CS_FLUSH:
+    case CONN_FLUSH:
         return conn_flushed(c);
     default:
         return false;
@@ -721,41 +750,37 @@ conn_process(conn *c)
         return;             /* the loop below sees the new state */
     c->in_process = true;
     for (;;) {
-        conn_state before = c->state;
+        kb_http__conn_state before = c->state;
         bool more = conn_step(c);
         /* a step that answered (an error, a synchronous handler) moved
          * the state on: keep going until nothing changes */
-        if (c->state == CS_CLOSED || (!more && c->state == before))
+        if (c->state == CONN_CLOSED || (!more && c->state == before))
             break;
     }
     c->in_process = false;
-    conn_arm(c);
+    kb_http__conn_arm(c);
 }
 
 /* ---- reading, timers ---------------------------------------------------- */
 
-static void
-on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* Input that arrives now is discarded (the response is out, we close). */
+static bool
+conn_discarding(const conn *c)
 {
-    conn *c = h->data;
-    srv_req *r = c->req;
+    return c->state == CONN_LINGER ||
+           (c->state == CONN_FLUSH && c->close_after);
+}
+
+/* Room at the end of the HTTP/1 read buffer; false when it is full. */
+static bool
+rbuf_room(conn *c, char **at, size_t *len)
+{
     kb_buf *b = &c->rbuf;
     size_t room, want;
 
-    c->read_into_body = false;
-    if (c->state == CS_LINGER || (c->state == CS_FLUSH && c->close_after)) {
+    if (conn_discarding(c)) {
         kb_buf_reset(b);                    /* input is discarded */
         c->rpos = 0;
-    }
-    /* A Content-Length body with nothing buffered: read straight into it. */
-    if (c->state == CS_BODY && r != NULL && r->body_left > 0 &&
-        c->rpos == b->len) {
-        want = r->body_left < 65536 ? (size_t)r->body_left : 65536;
-        if (kb_buf_reserve(&r->body, want) == 0) {
-            c->read_into_body = true;
-            *buf = uv_buf_init(r->body.data + r->body.len, (unsigned)want);
-            return;
-        }
     }
     if (c->rpos > 0 && (c->rpos == b->len || b->cap - b->len < 1024)) {
         kb_buf_consume(b, c->rpos);
@@ -763,14 +788,166 @@ on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     }
     room = b->max - b->len;
     want = room < READ_CHUNK ? room : READ_CHUNK;
-    if (want == 0 || kb_buf_reserve(b, want) != 0) {
+    if (want == 0 || kb_buf_reserve(b, want) != 0)
+        return false;
+    want = b->cap - b->len - 1;
+    *at = b->data + b->len;
+    *len = want > room ? room : want;
+    return true;
+}
+
+static void
+on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    conn *c = h->data;
+    srv_req *r = c->req;
+    char *at;
+    size_t want;
+
+    c->read_into_body = false;
+    if (c->tls != NULL || c->h2 != NULL) {
+        /* consumed (or copied) within on_read: one buffer per server */
+        *buf = uv_buf_init(c->srv->iobuf, KB_HTTP__IOBUF_SIZE);
+        return;
+    }
+    /* A Content-Length body with nothing buffered: read straight into it. */
+    if (c->state == CONN_BODY && r != NULL && r->body_left > 0 &&
+        c->rpos == c->rbuf.len) {
+        want = r->body_left < 65536 ? (size_t)r->body_left : 65536;
+        if (kb_buf_reserve(&r->body, want) == 0) {
+            c->read_into_body = true;
+            *buf = uv_buf_init(r->body.data + r->body.len, (unsigned)want);
+            return;
+        }
+    }
+    if (!rbuf_room(c, &at, &want)) {
         *buf = uv_buf_init(NULL, 0);        /* UV_ENOBUFS: pause reading */
         return;
     }
-    want = b->cap - b->len - 1;
-    if (want > room)
-        want = room;
-    *buf = uv_buf_init(b->data + b->len, (unsigned)want);
+    *buf = uv_buf_init(at, (unsigned)want);
+}
+
+/* Stop reading until kb_http__conn_arm sees room again. */
+static void
+conn_pause(conn *c)
+{
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+    c->read_paused = true;
+}
+
+/* EOF or a read error (nread < 0), or TLS close_notify. */
+static void
+conn_input_end(conn *c, ssize_t nread)
+{
+    /* The client is gone (or has half-closed, which an HTTP/1.1 client
+     * does not do before it has its response). */
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+    c->peer_eof = true;
+    if (c->h2 == NULL && c->state == CONN_FLUSH && nread == UV_EOF &&
+        c->nwrites > 0)
+        return;                 /* finish writing, then close */
+    kb_http__conn_close(c);
+}
+
+/* The handshake is done: pick the protocol ALPN agreed on. */
+static int
+tls_ready(conn *c)
+{
+    c->proto_known = true;
+    if (kb_http__tls_is_h2(c->tls))
+        return kb_http__h2_start(c);
+    return 0;
+}
+
+/*
+ * Decrypt what the TLS session has and hand it on (HTTP/1 read buffer or
+ * nghttp2), until it needs more input, the connection closes, or the
+ * application cannot take more (then reading pauses with the rest kept).
+ */
+static void
+tls_pump(conn *c)
+{
+    kb_http_server *srv = c->srv;
+    bool paused = false;
+    int rc;
+
+    if (c->in_pump || c->state == CONN_CLOSED)
+        return;
+    c->in_pump = true;
+    if (!c->proto_known) {
+        rc = kb_http__tls_handshake(c->tls);
+        if (rc == KB_EAGAIN)
+            goto out;
+        if (rc != 0 || tls_ready(c) != 0) {
+            kb_http__conn_close(c);
+            goto out;
+        }
+    }
+    while (c->state != CONN_CLOSED) {
+        char *at = srv->plainbuf;
+        size_t cap = KB_HTTP__PLAINBUF_SIZE, n;
+
+        if (c->h2 != NULL ? kb_http__h2_backlogged(c)
+                          : !conn_discarding(c) && !rbuf_room(c, &at, &cap)) {
+            paused = true;
+            break;
+        }
+        rc = kb_http__tls_read(c->tls, at, cap, &n);
+        if (rc != 0) {
+            conn_input_end(c, rc == KB_ECANCELED ? UV_EOF : UV_EPROTO);
+            break;
+        }
+        if (n == 0)
+            break;
+        if (c->h2 != NULL) {
+            if (kb_http__h2_recv(c, at, n) != 0)
+                kb_http__conn_close(c);
+            continue;
+        }
+        if (conn_discarding(c))
+            continue;
+        c->rbuf.len += n;
+        c->rbuf.data[c->rbuf.len] = '\0';
+        conn_process(c);
+    }
+    if (paused && c->state != CONN_CLOSED) {
+        if (kb_http__tls_keep_input(c->tls) != 0)
+            kb_http__conn_close(c);
+        else
+            conn_pause(c);
+    }
+    if (c->h2 != NULL && c->state != CONN_CLOSED)
+        kb_http__h2_flush(c);
+out:
+    c->in_pump = false;
+    kb_http__conn_arm(c);
+}
+
+/* on_read for TLS and HTTP/2 connections (buf is the server's iobuf). */
+static void
+on_read_layered(conn *c, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread < 0 && nread != UV_ENOBUFS) {
+        conn_input_end(c, nread);
+        return;
+    }
+    if (nread <= 0)
+        return;
+    if (c->tls != NULL) {
+        kb_http__tls_input(c->tls, buf->base, (size_t)nread);
+        tls_pump(c);
+        return;
+    }
+    if (kb_http__h2_recv(c, buf->base, (size_t)nread) != 0) {
+        kb_http__conn_close(c);
+        return;
+    }
+    kb_http__h2_flush(c);
+    kb_http__conn_arm(c);
 }
 
 static void
@@ -780,8 +957,12 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     bool into_body = c->read_into_body;
 
     c->read_into_body = false;
-    if (c->state == CS_CLOSED)
+    if (c->state == CONN_CLOSED)
         return;
+    if (c->tls != NULL || c->h2 != NULL) {
+        on_read_layered(c, nread, buf);
+        return;
+    }
     if (nread > 0) {
         if (into_body) {
             srv_req *r = c->req;
@@ -792,8 +973,7 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             c->rbuf.len += (size_t)nread;
             c->rbuf.data[c->rbuf.len] = '\0';
         }
-        if (c->state == CS_LINGER ||
-            (c->state == CS_FLUSH && c->close_after)) {
+        if (conn_discarding(c)) {
             kb_buf_reset(&c->rbuf);
             c->rpos = 0;
             return;
@@ -804,19 +984,10 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     if (nread == UV_ENOBUFS) {
-        uv_read_stop(s);
-        c->reading = false;
-        c->read_paused = true;
+        conn_pause(c);
         return;
     }
-    /* EOF or error: the client is gone (or has half-closed, which an
-     * HTTP/1.1 client does not do before it has its response). */
-    uv_read_stop(s);
-    c->reading = false;
-    c->peer_eof = true;
-    if (c->state == CS_FLUSH && nread == UV_EOF && c->nwrites > 0)
-        return;                 /* finish writing, then close */
-    conn_close(c);
+    conn_input_end(c, nread);
 }
 
 static void
@@ -826,14 +997,17 @@ on_timer(uv_timer_t *t)
 
     c->deadline_ms = 0;
     switch (c->state) {
-    case CS_HEAD:
+    case CONN_HEAD:
         conn_error(c, 408, "request head not received in time");
         break;
-    case CS_BODY:
+    case CONN_BODY:
         conn_error(c, 408, "request body not received in time");
         break;
-    default:        /* idle, stalled writes, linger */
-        conn_close(c);
+    case CONN_H2:
+        kb_http__h2_timer(c);
+        break;
+    default:        /* idle (or a slow handshake), stalled writes, linger */
+        kb_http__conn_close(c);
         break;
     }
 }
@@ -845,29 +1019,31 @@ conn_deadline(const conn *c)
     const kb_http_server_opts *o = &c->srv->opts;
 
     switch (c->state) {
-    case CS_IDLE:
+    case CONN_IDLE:
         return c->since_ms + (c->served ? o->idle_timeout_ms
                                         : o->header_timeout_ms);
-    case CS_HEAD:
-    case CS_BODY:
+    case CONN_HEAD:
+    case CONN_BODY:
         return c->head_deadline;
-    case CS_HANDLER:
-    case CS_FLUSH:
+    case CONN_HANDLER:
+    case CONN_FLUSH:
         return c->nwrites > 0 ? c->since_ms + o->idle_timeout_ms : 0;
-    case CS_LINGER:
+    case CONN_LINGER:
         return c->since_ms + LINGER_MS;
+    case CONN_H2:
+        return kb_http__h2_deadline(c);
     default:
         return 0;
     }
 }
 
 /* Match the timer and the reading to the state, after each processing. */
-static void
-conn_arm(conn *c)
+void
+kb_http__conn_arm(conn *c)
 {
     uint64_t d, now;
 
-    if (c->state == CS_CLOSED)
+    if (c->state == CONN_CLOSED)
         return;
     d = conn_deadline(c);
     if (d != c->deadline_ms) {
@@ -880,13 +1056,20 @@ conn_arm(conn *c)
         }
     }
     if (!c->reading && !c->peer_eof) {
+        bool was_paused = c->read_paused;
         if (c->read_paused && c->rpos == 0 && c->rbuf.len >= c->rbuf.max &&
-            c->state != CS_LINGER)
+            c->state != CONN_LINGER)
             return;             /* still full */
+        if (c->h2 != NULL && kb_http__h2_backlogged(c))
+            return;             /* the client does not read its responses */
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) {
             c->reading = true;
             c->read_paused = false;
         }
+        /* TLS keeps what it had decrypted or received when it paused */
+        if (was_paused && c->tls != NULL && !c->in_pump &&
+            kb_http__tls_has_input(c->tls))
+            tls_pump(c);
     }
 }
 
@@ -896,11 +1079,16 @@ static void
 conn_free(conn *c)
 {
     kb_http_server *srv = c->srv;
-    srv_req *r = c->req;
+    srv_req *r = c->req, *aborted = NULL;
     kb_http_abort_cb cb = NULL;
     void *cb_data = NULL;
 
     c->req = NULL;
+    if (c->h2 != NULL)
+        aborted = kb_http__h2_free(c);  /* its requests, detached */
+    kb_http__tls_conn_free(c->tls);
+    if (c->ip != NULL)
+        kb_http__ip_release(srv->iplimit, c->ip);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -916,7 +1104,7 @@ conn_free(conn *c)
         r->conn = NULL;
         r->pub.conn_ = NULL;
         if (!r->with_handler) {
-            req_release(r);             /* still being read: just drop it */
+            kb_http__req_release(r);             /* still being read: just drop it */
             r = NULL;
         } else {
             cb = r->abort_cb;
@@ -927,6 +1115,25 @@ conn_free(conn *c)
     srv_maybe_finish(srv);              /* srv lives while r is in flight */
     if (r != NULL && cb != NULL)
         cb(&r->pub, cb_data);           /* last: it may answer and free r */
+    kb_http__fire_aborts(aborted);
+}
+
+/* Run the abort hooks of a chain of detached requests (abort_next); each
+ * hook may answer and free its request.  Whoever calls this must not touch
+ * the server afterwards: the last answer may free it. */
+void
+kb_http__fire_aborts(srv_req *list)
+{
+    while (list != NULL) {
+        srv_req *r = list;
+        kb_http_abort_cb cb = r->abort_cb;
+
+        list = r->abort_next;
+        r->abort_next = NULL;
+        r->abort_cb = NULL;
+        if (cb != NULL)
+            cb(&r->pub, r->abort_data);
+    }
 }
 
 static void
@@ -938,12 +1145,12 @@ on_conn_close(uv_handle_t *h)
         conn_free(c);
 }
 
-static void
-conn_close(conn *c)
+void
+kb_http__conn_close(conn *c)
 {
-    if (c->state == CS_CLOSED)
+    if (c->state == CONN_CLOSED)
         return;
-    c->state = CS_CLOSED;
+    c->state = CONN_CLOSED;
     c->reading = false;
     uv_close((uv_handle_t *)&c->tcp, on_conn_close);
     uv_close((uv_handle_t *)&c->timer, on_conn_close);
@@ -953,6 +1160,22 @@ static void
 on_reject_close(uv_handle_t *h)
 {
     free(h);
+}
+
+/* Accept a connection only to close it at once (over a limit). */
+static void
+reject_connection(kb_http_server *srv, uv_stream_t *l, kb_counter *why)
+{
+    uv_tcp_t *t = malloc(sizeof(*t));
+
+    if (t == NULL || uv_tcp_init(srv->loop, t) != 0) {
+        free(t);
+        return;
+    }
+    uv_accept(l, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, on_reject_close);
+    if (why != NULL)
+        kb_counter_add(why, 1);
 }
 
 static void
@@ -969,13 +1192,8 @@ on_connection(uv_stream_t *l, int status)
         return;
     }
     if (srv->shutting_down || srv->nconns >= srv->opts.max_connections) {
-        uv_tcp_t *t = malloc(sizeof(*t));
-        if (t == NULL || uv_tcp_init(srv->loop, t) != 0) {
-            free(t);
-            return;
-        }
-        uv_accept(l, (uv_stream_t *)t);
-        uv_close((uv_handle_t *)t, on_reject_close);
+        reject_connection(srv, l, srv->shutting_down ? NULL
+                                                     : srv->rejected_max);
         return;
     }
     c = calloc(1, sizeof(*c));
@@ -989,7 +1207,8 @@ on_connection(uv_stream_t *l, int status)
     c->tcp.data = c;
     c->timer.data = c;
     c->open_handles = 2;
-    c->state = CS_IDLE;
+    c->state = CONN_IDLE;
+    c->proto_known = !srv->opts.h2 && srv->opts.tls == NULL;
     c->since_ms = uv_now(srv->loop);
     c->next = srv->conns;
     if (srv->conns != NULL)
@@ -998,10 +1217,10 @@ on_connection(uv_stream_t *l, int status)
     srv->nconns++;
     kb_gauge_add(srv->connections, 1);
     if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
-        conn_close(c);
+        kb_http__conn_close(c);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    memset(&ss, 0, sizeof(ss));
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
         if (ss.ss_family == AF_INET6) {
             struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
@@ -1013,7 +1232,19 @@ on_connection(uv_stream_t *l, int status)
             c->remote_port = ntohs(a->sin_port);
         }
     }
-    conn_arm(c);
+    if (kb_http__ip_acquire(srv->iplimit, &ss, &c->ip) != 0) {
+        kb_counter_add(srv->rejected_ip, 1);
+        kb_http__conn_close(c);
+        return;
+    }
+    if (srv->opts.tls != NULL &&
+        kb_http__tls_conn_new(srv->opts.tls, srv->opts.h2, tls_send, c,
+                              &c->tls) != 0) {
+        kb_http__conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    kb_http__conn_arm(c);
 }
 
 /* ---- server ------------------------------------------------------------- */
@@ -1021,6 +1252,10 @@ on_connection(uv_stream_t *l, int status)
 static void
 srv_free(kb_http_server *srv)
 {
+    if (srv->own_iplimit)
+        kb_http_iplimit_free(srv->iplimit);
+    free(srv->iobuf);
+    free(srv->plainbuf);
     free(srv->name);
     free(srv);
 }
@@ -1067,7 +1302,7 @@ on_grace(uv_timer_t *t)
     kb_http_server *srv = t->data;
 
     for (conn *c = srv->conns; c != NULL; c = c->next)
-        conn_close(c);
+        kb_http__conn_close(c);
 }
 
 /* "127.0.0.1:8080", "[::1]:8080", ":8080" (all IPv4). */
@@ -1180,6 +1415,24 @@ kb_http_server_start(uv_loop_t *loop, const char *addr,
         srv_free(srv);
         return KB_ENOMEM;
     }
+    /* TLS and HTTP/2 read into one buffer per server (one loop), consumed
+     * or copied within each read callback; the per-IP table when asked. */
+    if ((srv->opts.tls != NULL || srv->opts.h2) &&
+        (srv->iobuf = malloc(KB_HTTP__IOBUF_SIZE)) == NULL)
+        rc = KB_ENOMEM;
+    if (srv->opts.tls != NULL &&
+        (srv->plainbuf = malloc(KB_HTTP__PLAINBUF_SIZE)) == NULL)
+        rc = KB_ENOMEM;
+    srv->iplimit = srv->opts.iplimit;
+    if (srv->iplimit == NULL && srv->opts.max_conns_per_ip > 0 && rc == 0) {
+        rc = kb_http_iplimit_create(srv->opts.max_conns_per_ip,
+                                    &srv->iplimit);
+        srv->own_iplimit = rc == 0;
+    }
+    if (rc != 0) {
+        srv_free(srv);
+        return rc;
+    }
     rc = uv_tcp_init_ex(loop, &srv->listener, ss.ss_family);
     if (rc != 0) {
         srv_free(srv);
@@ -1244,213 +1497,12 @@ kb_http_server_shutdown(kb_http_server *srv, uint64_t grace_ms,
     uv_close((uv_handle_t *)&srv->listener, on_srv_handle_close);
     /* The grace timer closes with on_srv_handle_close too. */
     for (c = srv->conns; c != NULL; c = c->next) {
-        if (c->state == CS_IDLE)
-            conn_close(c);
-        else if (c->state == CS_LINGER)
-            conn_close(c);
+        if (c->state == CONN_IDLE)
+            kb_http__conn_close(c);
+        else if (c->state == CONN_LINGER)
+            kb_http__conn_close(c);
+        else if (c->state == CONN_H2)
+            kb_http__h2_goaway(c);      /* open streams finish */
     }
     uv_timer_start(&srv->grace, on_grace, grace_ms, 0);
-}
-
-/* ---- request hooks ------------------------------------------------------ */
-
-void
-kb_http_req_on_abort(kb_http_req *req, kb_http_abort_cb cb, void *data)
-{
-    srv_req *r = (srv_req *)req;
-
-    r->abort_cb = cb;
-    r->abort_data = data;
-}
-
-/* ---- responses ---------------------------------------------------------- */
-
-/* The response to a request whose connection is gone: count it, detach
- * it, release it. */
-static void
-req_finish_orphan(srv_req *r)
-{
-    conn *c = r->conn;
-
-    srv_count(r->pub.server, r->status, r->pub.start_ns);
-    r->done = true;
-    if (c != NULL) {
-        c->req = NULL;
-        r->conn = NULL;
-    }
-    req_release(r);
-}
-
-void
-kb_http_respond(kb_http_req *req, int status, const kb_http_header *headers,
-                size_t nheaders, const char *body, size_t body_len)
-{
-    long long framing;
-    srv_req *r = (srv_req *)req;
-    conn *c = r->conn;
-    char *head;
-    size_t hlen;
-    bool keepalive, send_body;
-
-    if (r->streaming) {
-        kb_log_warn("http: respond after response_start", NULL);
-        kb_http_response_end(req);
-        return;
-    }
-    if (status < 100 || status > 999 || body_len > INT32_MAX) {
-        status = 500;               /* uv_buf_t lengths are 32-bit */
-        body_len = 0;
-    }
-    r->status = status;
-    if (c == NULL || c->state == CS_CLOSED) {
-        req_finish_orphan(r);
-        return;
-    }
-    keepalive = req_keepalive(r);
-    send_body = status_has_body(status) && !r->no_body;
-    framing = status_has_body(status) ? (long long)body_len : -2;
-    if (r->no_body && framing == 0)
-        framing = head_content_length(headers, nheaders);
-    head = build_head(r, status, headers, nheaders, framing, keepalive,
-                      &hlen);
-    if (head == NULL) {
-        conn_close(c);
-    } else {
-        uv_buf_t bufs[2] = {
-            uv_buf_init(head, (unsigned)hlen),
-            uv_buf_init((char *)(body ? body : ""),
-                        send_body && body ? (unsigned)body_len : 0),
-        };
-        conn_write(c, bufs, 2);
-    }
-    conn_response_done(c, r, keepalive);
-}
-
-void
-kb_http_respond_json(kb_http_req *req, int status, json_t *body)
-{
-    static const kb_http_header ct = { "Content-Type", "application/json" };
-    char *text = body != NULL ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY)
-                              : NULL;
-
-    json_decref(body);
-    if (text == NULL) {
-        kb_http_respond_error(req, 500, "cannot encode response");
-        return;
-    }
-    kb_http_respond(req, status, &ct, 1, text, strlen(text));
-    free(text);
-}
-
-void
-kb_http_respond_error(kb_http_req *req, int status, const char *message)
-{
-    static const kb_http_header ct = { "Content-Type", "application/json" };
-    json_t *j = json_pack("{s:{s:i,s:s,s:s}}", "error", "code", status,
-                          "status", kb_http_status_name(status), "message",
-                          message != NULL ? message : "");
-    char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-
-    json_decref(j);
-    if (text == NULL) {
-        static const char fallback[] =
-            "{\"error\":{\"code\":500,\"status\":\"INTERNAL\","
-            "\"message\":\"out of memory\"}}";
-        kb_http_respond(req, 500, &ct, 1, fallback, sizeof(fallback) - 1);
-        return;
-    }
-    kb_http_respond(req, status, &ct, 1, text, strlen(text));
-    free(text);
-}
-
-int
-kb_http_response_start(kb_http_req *req, int status,
-                       const kb_http_header *headers, size_t nheaders)
-{
-    srv_req *r = (srv_req *)req;
-    conn *c = r->conn;
-    char *head;
-    size_t hlen;
-    long long framing;
-    uv_buf_t b;
-
-    if (r->streaming)
-        return KB_EINVAL;
-    if (status < 100 || status > 999)
-        status = 500;
-    r->streaming = true;
-    r->status = status;
-    if (c == NULL || c->state == CS_CLOSED)
-        return KB_ECANCELED;
-    if (!status_has_body(status)) {
-        r->no_body = true;
-        framing = -2;
-    } else if (r->pub.version_minor >= 1) {
-        r->chunked_out = !r->no_body;
-        framing = -1;
-    } else {
-        c->close_after = true;          /* HTTP/1.0: body ends at close */
-        framing = -2;
-    }
-    head = build_head(r, status, headers, nheaders, framing,
-                      req_keepalive(r), &hlen);
-    if (head == NULL) {
-        conn_close(c);
-        return KB_ECANCELED;
-    }
-    b = uv_buf_init(head, (unsigned)hlen);
-    return conn_write(c, &b, 1);
-}
-
-int
-kb_http_response_write(kb_http_req *req, const char *data, size_t len)
-{
-    srv_req *r = (srv_req *)req;
-    conn *c = r->conn;
-    char line[24];
-    uv_buf_t bufs[3];
-
-    if (!r->streaming || len > INT32_MAX)
-        return KB_EINVAL;
-    if (c == NULL || c->state == CS_CLOSED)
-        return KB_ECANCELED;
-    if (len == 0 || r->no_body)
-        return 0;
-    if (c->wbytes + len > STREAM_MAX_PENDING) {
-        /* The client does not read: treat it as gone. */
-        conn_close(c);
-        return KB_ECANCELED;
-    }
-    if (!r->chunked_out) {
-        bufs[0] = uv_buf_init((char *)data, (unsigned)len);
-        return conn_write(c, bufs, 1);
-    }
-    bufs[0] = uv_buf_init(line, (unsigned)snprintf(line, sizeof(line),
-                                                   "%zx\r\n", len));
-    bufs[1] = uv_buf_init((char *)data, (unsigned)len);
-    bufs[2] = uv_buf_init((char *)"\r\n", 2);
-    return conn_write(c, bufs, 3);
-}
-
-void
-kb_http_response_end(kb_http_req *req)
-{
-    srv_req *r = (srv_req *)req;
-    conn *c = r->conn;
-    bool keepalive;
-
-    if (!r->streaming) {
-        kb_http_respond(req, 500, NULL, 0, NULL, 0);
-        return;
-    }
-    if (c == NULL || c->state == CS_CLOSED) {
-        req_finish_orphan(r);
-        return;
-    }
-    keepalive = req_keepalive(r);
-    if (r->chunked_out) {
-        uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
-        conn_write(c, &b, 1);
-    }
-    conn_response_done(c, r, keepalive);
 }

@@ -37,8 +37,9 @@ typedef struct kb_http_header {
     const char *value;      /* strcasecmp); value trimmed of OWS           */
 } kb_http_header;
 
-typedef struct kb_http_server kb_http_server;
-typedef struct kb_http_req    kb_http_req;
+typedef struct kb_http_server  kb_http_server;
+typedef struct kb_http_req     kb_http_req;
+typedef struct kb_http_iplimit kb_http_iplimit;
 
 typedef void (*kb_http_handler)(kb_http_req *req, void *data);
 typedef void (*kb_http_abort_cb)(kb_http_req *req, void *data);
@@ -57,6 +58,8 @@ struct kb_http_req {
     char            remote_addr[64]; /* peer IP as text */
     int             remote_port;
     bool            tls;          /* arrived over TLS (X-Forwarded-Proto) */
+    int             http_major;   /* 1, or 2 for an HTTP/2 stream */
+    const char     *authority;    /* HTTP/2 :authority (also as Host) */
     uint64_t        start_ns;     /* monotonic, when the head was complete */
     kb_http_server *server;
     void           *data;         /* for the handler */
@@ -75,6 +78,13 @@ typedef struct kb_http_server_opts {
     uint64_t        idle_timeout_ms;   /* 0 → 60 s: keep-alive idle */
     size_t          max_connections; /* 0 → 10000; over it: accept and close */
     bool            reuseport;       /* SO_REUSEPORT: one listener per loop */
+    struct kb_tls_server *tls;       /* TLS listener (tls.h); NULL: plain */
+    bool            h2;              /* HTTP/2: h2c prior knowledge when
+                                        plain, ALPN "h2" over TLS */
+    size_t          max_conns_per_ip;/* 0 → no per-IP limit */
+    kb_http_iplimit *iplimit;        /* shared per-IP counts (several
+                                        listeners, any threads); NULL: the
+                                        server's own, per max_conns_per_ip */
 } kb_http_server_opts;
 
 /*
@@ -85,6 +95,14 @@ typedef struct kb_http_server_opts {
 int  kb_http_server_start(uv_loop_t *loop, const char *addr,
                           const kb_http_server_opts *opts,
                           kb_http_server **out);
+/*
+ * A per-client-IP count of open connections that several listeners (one
+ * per loop) share, so the limit holds for the process.  Thread-safe.
+ * Free it after every server using it has shut down.
+ */
+int  kb_http_iplimit_create(size_t max_per_ip, kb_http_iplimit **out);
+void kb_http_iplimit_free(kb_http_iplimit *l);
+
 /* The port actually bound (useful with port 0). */
 int  kb_http_server_port(const kb_http_server *srv);
 /* Requests handed to the handler and not yet answered. */
@@ -116,6 +134,16 @@ void kb_http_req_on_abort(kb_http_req *req, kb_http_abort_cb cb, void *data);
 void kb_http_respond(kb_http_req *req, int status,
                      const kb_http_header *headers, size_t nheaders,
                      const char *body, size_t body_len);
+/*
+ * A whole response followed by trailers (gRPC's grpc-status): an HTTP/2
+ * trailing HEADERS frame; for HTTP/1.1, a chunked body with a trailer
+ * section.  Otherwise as kb_http_respond.
+ */
+void kb_http_respond_trailers(kb_http_req *req, int status,
+                              const kb_http_header *headers, size_t nheaders,
+                              const char *body, size_t body_len,
+                              const kb_http_header *trailers,
+                              size_t ntrailers);
 /* JSON body (Content-Type: application/json); steals the reference. */
 void kb_http_respond_json(kb_http_req *req, int status, json_t *body);
 /* {"error":{"code":status,"status":"NOT_FOUND","message":message}}; the

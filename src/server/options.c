@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_STRING, OPT_DURATION_MS, OPT_SIZE, OPT_LOG_LEVEL } opt_type;
+typedef enum {
+    OPT_STRING, OPT_DURATION_MS, OPT_SIZE, OPT_LOG_LEVEL, OPT_INT, OPT_BOOL
+} opt_type;
 
 typedef struct opt_def {
     const char *flag;          /* without the leading "--" */
@@ -47,6 +49,28 @@ static const opt_def opt_table[] = {
     { "idle-timeout", "idle_timeout", OPT_DURATION_MS,
       OFF(idle_timeout_ms), "60s", 100, 3600000,
       "keep-alive connections idle this long are closed" },
+    { "gateway-workers", "gateway_workers", OPT_INT, OFF(gateway_workers),
+      "0", 0, 256, "gateway data-path loops (0: one per CPU core)" },
+    { "gateway-tls-listen", "gateway_tls_listen", OPT_STRING,
+      OFF(gateway_tls_listen), NULL, 0, 0,
+      "address of the gateway's TLS listener (needs --tls-cert)" },
+    { "tls-cert", "tls_cert", OPT_STRING, OFF(tls_certs), NULL, 0, 0,
+      "CERT.pem:KEY.pem[,CERT:KEY...]; the first is the default, the "
+      "others are chosen by SNI" },
+    { "gateway-h2", "gateway_h2", OPT_BOOL, OFF(gateway_h2), "true", 0, 1,
+      "HTTP/2 on the gateway (h2c prior knowledge, ALPN h2 over TLS)" },
+    { "access-log", "access_log", OPT_STRING, OFF(access_log), "stderr", 0,
+      0, "gateway access log: stderr, stdout, off or a file path" },
+    { "max-connections", "max_connections", OPT_INT, OFF(max_connections),
+      "10000", 1, 1000000, "open connections per gateway listener loop" },
+    { "max-conns-per-ip", "max_conns_per_ip", OPT_INT,
+      OFF(max_conns_per_ip), "0", 0, 1000000,
+      "open gateway connections from one client address (0: no limit)" },
+    { "gateway-cache-size", "gateway_cache_size", OPT_SIZE,
+      OFF(gateway_cache_bytes), "64MiB", 0, (int64_t)1 << 40,
+      "memory for the gateway's response cache" },
+    { "ca-file", "ca_file", OPT_STRING, OFF(ca_file), NULL, 0, 0,
+      "extra CA certificates (PEM) trusted for https backends and JWKS" },
 };
 #define NOPTS (sizeof(opt_table) / sizeof(opt_table[0]))
 
@@ -131,11 +155,38 @@ set_opt(kb_server_options *o, const opt_def *d, const char *val,
     case OPT_SIZE:
         rc = parse_size(val, &n);
         break;
+    case OPT_INT: {
+        char *end;
+        errno = 0;
+        long long v = strtoll(val, &end, 10);
+        rc = errno != 0 || end == val || *end != '\0' ? KB_EINVAL : 0;
+        n = v;
+        break;
+    }
+    case OPT_BOOL:
+        if (strcmp(val, "true") == 0 || strcmp(val, "on") == 0 ||
+            strcmp(val, "1") == 0)
+            n = 1;
+        else if (strcmp(val, "false") == 0 || strcmp(val, "off") == 0 ||
+                 strcmp(val, "0") == 0)
+            n = 0;
+        else
+            rc = KB_EINVAL;
+        break;
     }
     if (rc != 0 || n < d->min || n > d->max) {
-        snprintf(err, errlen, "%s: '%s' is not a valid %s", where, val,
-                 d->type == OPT_SIZE ? "size (e.g. 32MiB)"
-                                     : "duration (e.g. 10s, 500ms)");
+        static const char *const what[] = {
+            [OPT_DURATION_MS] = "duration (e.g. 10s, 500ms)",
+            [OPT_SIZE] = "size (e.g. 32MiB)",
+            [OPT_INT] = "number",
+            [OPT_BOOL] = "boolean (true or false)",
+        };
+        if (d->type == OPT_INT && rc == 0)
+            snprintf(err, errlen, "%s: '%s' must be between %lld and %lld",
+                     where, val, (long long)d->min, (long long)d->max);
+        else
+            snprintf(err, errlen, "%s: '%s' is not a valid %s", where, val,
+                     what[d->type]);
         return KB_EINVAL;
     }
     *(int64_t *)(void *)base = n;
@@ -173,6 +224,8 @@ load_config(kb_server_options *o, const char *path, char *err, size_t errlen)
         }
         if (json_is_string(v)) {
             val = json_string_value(v);
+        } else if (json_is_boolean(v)) {
+            val = json_is_true(v) ? "true" : "false";
         } else if (json_is_integer(v)) {
             snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT,
                      json_integer_value(v));

@@ -24,6 +24,15 @@ typedef struct kb_server_options {
     int64_t      max_body_bytes;
     int64_t      header_timeout_ms;
     int64_t      idle_timeout_ms;
+    int64_t      gateway_workers;  /* data-path loops; 0: one per core */
+    char        *gateway_tls_listen;
+    char        *tls_certs;        /* "cert.pem:key.pem[,cert:key…]" */
+    int64_t      gateway_h2;       /* 1: HTTP/2 on the gateway listeners */
+    char        *access_log;       /* stderr, stdout, off, or a path */
+    int64_t      max_connections;
+    int64_t      max_conns_per_ip;
+    int64_t      gateway_cache_bytes;
+    char        *ca_file;          /* extra CAs for https backends, JWKS */
 } kb_server_options;
 
 /*

@@ -17,13 +17,17 @@
 #include "gateway/gateway.h"
 #include "http/client.h"
 #include "http/server.h"
+#include "http/tls.h"
 #include "runtime/runtime.h"
 #include "server/options.h"
 #include "store/store.h"
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +37,30 @@
 #define TOKEN_FILE  "admin.token"
 #define TOKEN_BYTES 24                /* 48 hex digits */
 
-typedef struct kb_server {
+#define MAX_TLS_CERTS 64
+
+typedef struct kb_server kb_server;
+
+/*
+ * One gateway data-path loop on its own thread, with its own
+ * SO_REUSEPORT listeners (the kernel spreads connections over them).
+ */
+typedef struct gw_thread {
+    kb_server         *s;
+    int                index;
+    pthread_t          thread;
+    bool               started;
+    uv_loop_t          loop;
+    uv_async_t         stop;         /* main → thread: shut down */
+    atomic_bool        stop_requested;   /* stop is sent at most once */
+    kb_gateway_worker *worker;
+    kb_http_server    *plain, *tls;
+    int                open;         /* listeners not yet closed */
+    sem_t              ready;        /* thread → main: boot result */
+    int                rc;
+} gw_thread;
+
+struct kb_server {
     uv_loop_t         *loop;
     kb_server_options  opts;
     char               token[2 * TOKEN_BYTES + 1];
@@ -42,13 +69,21 @@ typedef struct kb_server {
     kb_http_client    *client;
     kb_gateway        *gateway;
     kb_api            *api;
-    kb_http_server    *gateway_srv;
     kb_http_server    *api_srv;
+    kb_tls_server     *tls;
+    kb_http_iplimit   *iplimit;          /* shared by the gateway loops */
+    gw_thread         *gw_threads;
+    int                ngw_threads;
+    int                gw_threads_open;  /* 1 until all have finished */
+    atomic_int         gw_finished;      /* threads whose loop ended */
+    uv_async_t         gw_done;          /* a gateway thread finished */
+    char               gateway_addr[128];    /* with the bound port */
+    char               gateway_tls_addr[128];
     uv_signal_t        sigterm, sigint;
     int                listeners_open;
     bool               stopping;
     int                exit_code;
-} kb_server;
+};
 
 /*
  * Read the admin token, creating it (mode 0600) on first start.  A token
@@ -168,11 +203,211 @@ listener_closed(void *data)
 
     if (--s->listeners_open > 0)
         return;
-    s->gateway_srv = NULL;
     s->api_srv = NULL;
     kb_log_info("listeners closed; stopping services", NULL);
     kb_runtime_shutdown(s->runtime, (uint64_t)s->opts.shutdown_grace_ms,
                         runtime_stopped, s);
+}
+
+/* Gateway threads ---------------------------------------------------------- */
+
+static void
+gw_thread_listener_closed(void *data)
+{
+    gw_thread *t = data;
+
+    if (--t->open > 0)
+        return;
+    t->plain = t->tls = NULL;
+    kb_gateway_worker_close(t->worker);
+    t->worker = NULL;
+    uv_close((uv_handle_t *)&t->stop, NULL);
+}
+
+static void
+gw_thread_on_stop(uv_async_t *a)
+{
+    gw_thread *t = a->data;
+    uint64_t grace = (uint64_t)t->s->opts.shutdown_grace_ms;
+
+    t->open = (t->plain != NULL) + (t->tls != NULL);
+    if (t->open == 0) {
+        t->open = 1;
+        gw_thread_listener_closed(t);
+        return;
+    }
+    if (t->plain != NULL)
+        kb_http_server_shutdown(t->plain, grace, gw_thread_listener_closed, t);
+    if (t->tls != NULL)
+        kb_http_server_shutdown(t->tls, grace, gw_thread_listener_closed, t);
+}
+
+static int
+gw_listen(gw_thread *t, const char *name, const char *addr,
+          kb_tls_server *tls, kb_http_server **out)
+{
+    const kb_server_options *o = &t->s->opts;
+    kb_http_server_opts ho = {
+        .name = name,
+        .handler = kb_gateway_handle,
+        .data = t->worker,
+        .max_body = (size_t)o->max_body_bytes,
+        .header_timeout_ms = (uint64_t)o->header_timeout_ms,
+        .body_timeout_ms = (uint64_t)o->header_timeout_ms * 6,
+        .idle_timeout_ms = (uint64_t)o->idle_timeout_ms,
+        .max_connections = (size_t)o->max_connections,
+        .max_conns_per_ip = (size_t)o->max_conns_per_ip,
+        .iplimit = t->s->iplimit,
+        .reuseport = true,
+        .tls = tls,
+        .h2 = o->gateway_h2 != 0,
+    };
+    int rc = kb_http_server_start(&t->loop, addr, &ho, out);
+
+    if (rc != 0)
+        kb_log_error("cannot listen", "{s:s, s:s, s:s}", "listener", name,
+                     "addr", addr, "error", kb_strerror(rc));
+    return rc;
+}
+
+static void *
+gw_thread_main(void *arg)
+{
+    gw_thread *t = arg;
+    kb_server *s = t->s;
+    int rc;
+
+    rc = uv_loop_init(&t->loop);
+    if (rc != 0) {
+        t->rc = rc;
+        sem_post(&t->ready);
+        return NULL;
+    }
+    uv_async_init(&t->loop, &t->stop, gw_thread_on_stop);
+    t->stop.data = t;
+    if ((rc = kb_gateway_worker_create(s->gateway, &t->loop,
+                                       &t->worker)) == 0 &&
+        (rc = gw_listen(t, "gateway", s->gateway_addr, NULL,
+                        &t->plain)) == 0 &&
+        s->tls != NULL)
+        rc = gw_listen(t, "gateway-tls", s->gateway_tls_addr, s->tls,
+                       &t->tls);
+    t->rc = rc;
+    if (rc != 0 && !atomic_exchange(&t->stop_requested, true))
+        gw_thread_on_stop(&t->stop); /* close what opened, then exit */
+    sem_post(&t->ready);             /* t->rc is read by main after this */
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&t->loop) != 0)
+        kb_log_warn("gateway loop closed with handles still open", NULL);
+    atomic_fetch_add(&s->gw_finished, 1);
+    uv_async_send(&s->gw_done);
+    return NULL;
+}
+
+/* After the first loop bound "host:0", the others take its port. */
+static void
+pin_port(char *addr, size_t cap, int port)
+{
+    char *colon = strrchr(addr, ':');
+
+    if (colon != NULL && strcmp(colon, ":0") == 0)
+        snprintf(colon, cap - (size_t)(colon - addr), ":%d", port);
+}
+
+static void
+join_gateway_threads(kb_server *s)
+{
+    for (int i = 0; i < s->ngw_threads; i++) {
+        pthread_join(s->gw_threads[i].thread, NULL);
+        sem_destroy(&s->gw_threads[i].ready);
+    }
+    free(s->gw_threads);
+    s->gw_threads = NULL;
+    s->ngw_threads = 0;
+    kb_http_iplimit_free(s->iplimit);
+    s->iplimit = NULL;
+}
+
+/* Sends coalesce: act once every started thread has finished. */
+static void
+on_gw_done(uv_async_t *a)
+{
+    kb_server *s = a->data;
+
+    if (s->gw_threads_open == 0 ||
+        atomic_load(&s->gw_finished) < s->ngw_threads)
+        return;
+    s->gw_threads_open = 0;
+    join_gateway_threads(s);
+    if (s->stopping)
+        listener_closed(s);
+}
+
+static int
+start_gateway_threads(kb_server *s)
+{
+    int n = (int)s->opts.gateway_workers;
+    int rc = 0;
+
+    if (n == 0) {
+        n = (int)uv_available_parallelism();
+        if (n < 1)
+            n = 1;
+    }
+    s->gw_threads = calloc((size_t)n, sizeof(*s->gw_threads));
+    if (s->gw_threads == NULL)
+        return KB_ENOMEM;
+    if (s->opts.max_conns_per_ip > 0 &&
+        (rc = kb_http_iplimit_create((size_t)s->opts.max_conns_per_ip,
+                                     &s->iplimit)) != 0)
+        return rc;
+    snprintf(s->gateway_addr, sizeof(s->gateway_addr), "%s",
+             s->opts.gateway_listen);
+    if (s->opts.gateway_tls_listen != NULL)
+        snprintf(s->gateway_tls_addr, sizeof(s->gateway_tls_addr), "%s",
+                 s->opts.gateway_tls_listen);
+    for (int i = 0; i < n && rc == 0; i++) {
+        gw_thread *t = &s->gw_threads[i];
+        t->s = s;
+        t->index = i;
+        sem_init(&t->ready, 0, 0);
+        if (pthread_create(&t->thread, NULL, gw_thread_main, t) != 0) {
+            sem_destroy(&t->ready);
+            rc = KB_ENOMEM;
+            break;
+        }
+        t->started = true;
+        s->ngw_threads = i + 1;
+        s->gw_threads_open = 1;
+        while (sem_wait(&t->ready) != 0)
+            ;
+        rc = t->rc;
+        if (rc == 0 && i == 0) {
+            pin_port(s->gateway_addr, sizeof(s->gateway_addr),
+                     kb_http_server_port(t->plain));
+            if (t->tls != NULL)
+                pin_port(s->gateway_tls_addr, sizeof(s->gateway_tls_addr),
+                         kb_http_server_port(t->tls));
+            kb_log_info("listening", "{s:s, s:s, s:i}", "listener",
+                        "gateway", "addr", s->opts.gateway_listen, "port",
+                        kb_http_server_port(t->plain));
+            if (t->tls != NULL)
+                kb_log_info("listening", "{s:s, s:s, s:i}", "listener",
+                            "gateway-tls", "addr", s->opts.gateway_tls_listen,
+                            "port", kb_http_server_port(t->tls));
+        }
+    }
+    kb_log_info("gateway loops started", "{s:i}", "loops", s->ngw_threads);
+    return rc;
+}
+
+/* Ask every gateway thread to stop; gw_done fires as each finishes. */
+static void
+stop_gateway_threads(kb_server *s)
+{
+    for (int i = 0; i < s->ngw_threads; i++)
+        if (!atomic_exchange(&s->gw_threads[i].stop_requested, true))
+            uv_async_send(&s->gw_threads[i].stop);
 }
 
 static void
@@ -187,9 +422,11 @@ begin_shutdown(kb_server *s)
     uv_signal_stop(&s->sigint);
     kb_log_info("shutting down", "{s:I}", "grace_ms",
                 (json_int_t)s->opts.shutdown_grace_ms);
-    s->listeners_open = 2;
-    kb_http_server_shutdown(s->gateway_srv, grace, listener_closed, s);
+    /* the api listener, and each gateway loop, count as one listener */
+    s->listeners_open = 1 + (s->gw_threads_open > 0);
+    kb_gateway_shutdown(s->gateway);
     kb_http_server_shutdown(s->api_srv, grace, listener_closed, s);
+    stop_gateway_threads(s);
 }
 
 static void
@@ -229,6 +466,45 @@ open_listener(kb_server *s, const char *name, const char *addr,
     return 0;
 }
 
+/* --tls-cert "cert:key[,cert:key…]" → the TLS listener's certificates. */
+static int
+load_tls(kb_server *s)
+{
+    kb_tls_cert certs[MAX_TLS_CERTS];
+    char *list, *item, *save = NULL, err[512] = "";
+    size_t n = 0;
+    int rc;
+
+    if (s->opts.gateway_tls_listen == NULL && s->opts.tls_certs == NULL)
+        return 0;
+    if (s->opts.gateway_tls_listen == NULL || s->opts.tls_certs == NULL) {
+        kb_log_error("--gateway-tls-listen and --tls-cert go together", NULL);
+        return KB_EINVAL;
+    }
+    if ((list = strdup(s->opts.tls_certs)) == NULL)
+        return KB_ENOMEM;
+    for (item = strtok_r(list, ",", &save); item != NULL;
+         item = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(item, ':');
+        if (colon == NULL || colon == item || colon[1] == '\0' ||
+            n == MAX_TLS_CERTS) {
+            kb_log_error("--tls-cert: expected CERT.pem:KEY.pem[,...] "
+                         "(at most 64)", "{s:s}", "value", item);
+            free(list);
+            return KB_EINVAL;
+        }
+        *colon = '\0';
+        certs[n++] = (kb_tls_cert){ item, colon + 1 };
+    }
+    rc = n == 0 ? KB_EINVAL
+                : kb_tls_server_create(certs, n, &s->tls, err, sizeof(err));
+    free(list);
+    if (rc != 0)
+        kb_log_error("cannot load the TLS certificates", "{s:s}", "error",
+                     err[0] != '\0' ? err : kb_strerror(rc));
+    return rc;
+}
+
 static int
 boot(kb_server *s, const char *self_exe)
 {
@@ -236,7 +512,8 @@ boot(kb_server *s, const char *self_exe)
     kb_api_ctx ctx;
     int rc;
 
-    if ((rc = data_dir(s)) != 0 || (rc = admin_token(s)) != 0)
+    if ((rc = data_dir(s)) != 0 || (rc = admin_token(s)) != 0 ||
+        (rc = load_tls(s)) != 0)
         return rc;
     if (s->opts.store != NULL)
         snprintf(url, sizeof(url), "%s", s->opts.store);
@@ -255,6 +532,20 @@ boot(kb_server *s, const char *self_exe)
                      kb_strerror(rc));
         return rc;
     }
+    kb_gateway_set_cache_size(s->gateway,
+                              (size_t)s->opts.gateway_cache_bytes);
+    if (s->opts.ca_file != NULL &&
+        (access(s->opts.ca_file, R_OK) != 0 ||
+         kb_gateway_set_ca_file(s->gateway, s->opts.ca_file) != 0)) {
+        kb_log_error("cannot read the CA file", "{s:s}", "path",
+                     s->opts.ca_file);
+        return KB_EINVAL;
+    }
+    if ((rc = kb_gateway_set_access_log(s->gateway, s->opts.access_log)) != 0) {
+        kb_log_error("cannot open the access log", "{s:s, s:s}", "path",
+                     s->opts.access_log, "error", kb_strerror(rc));
+        return rc;
+    }
     ctx = (kb_api_ctx){ s->loop, s->store, s->runtime, s->gateway, s->token };
     if ((rc = kb_api_create(&ctx, &s->api)) != 0 ||
         (rc = kb_api_restore(s->api)) != 0) {
@@ -262,11 +553,11 @@ boot(kb_server *s, const char *self_exe)
                      kb_strerror(rc));
         return rc;
     }
+    uv_async_init(s->loop, &s->gw_done, on_gw_done);
+    s->gw_done.data = s;
     if ((rc = open_listener(s, "api", s->opts.api_listen, kb_api_handle,
                             s->api, &s->api_srv)) != 0 ||
-        (rc = open_listener(s, "gateway", s->opts.gateway_listen,
-                            kb_gateway_handle, s->gateway,
-                            &s->gateway_srv)) != 0)
+        (rc = start_gateway_threads(s)) != 0)
         return rc;
 
     uv_signal_init(s->loop, &s->sigterm);
@@ -277,17 +568,16 @@ boot(kb_server *s, const char *self_exe)
     return 0;
 }
 
-/* Tear down whatever boot() got to, without a loop run in between. */
+/* Tear down whatever boot() got to. */
 static void
 boot_failed(kb_server *s)
 {
     s->stopping = true;
-    if (s->api_srv != NULL || s->gateway_srv != NULL) {
-        s->listeners_open = (s->api_srv != NULL) + (s->gateway_srv != NULL);
+    if (s->api_srv != NULL || s->gw_threads_open > 0) {
+        s->listeners_open = (s->api_srv != NULL) + (s->gw_threads_open > 0);
         if (s->api_srv != NULL)
             kb_http_server_shutdown(s->api_srv, 0, listener_closed, s);
-        if (s->gateway_srv != NULL)
-            kb_http_server_shutdown(s->gateway_srv, 0, listener_closed, s);
+        stop_gateway_threads(s);
     } else if (s->runtime != NULL) {
         kb_runtime_shutdown(s->runtime, 0, runtime_stopped, s);
     } else {
@@ -340,6 +630,8 @@ kb_server_main(int argc, char **argv)
     if (rc != 0) {
         boot_failed(&s);
         uv_loop_close(s.loop);
+        kb_http_iplimit_free(s.iplimit);
+        kb_tls_server_free(s.tls);
         kb_server_options_free(&s.opts);
         return 1;
     }
@@ -350,6 +642,7 @@ kb_server_main(int argc, char **argv)
     if (rc != 0)
         kb_log_warn("loop closed with handles still open", "{s:s}", "error",
                     uv_strerror(rc));
+    kb_tls_server_free(s.tls);
     kb_server_options_free(&s.opts);
     return s.exit_code;
 }

@@ -361,11 +361,11 @@ test_manifest_errors(void **state)
     /* missing, unknown, misspelled kind */
     assert_string_equal(check_text("metadata: {name: x}\nspec: {}\n", NULL),
                         "app.yaml:1: kind: is required (one of Service, "
-                        "Gateway)");
+                        "Gateway, ApiKey)");
     assert_string_equal(check_text("\n\nkind: Widget\nmetadata: {name: x}\n"
                                    "spec: {}\n", NULL),
                         "app.yaml:3: kind: unknown kind \"Widget\" (known: "
-                        "Service, Gateway)");
+                        "Service, Gateway, ApiKey)");
     assert_string_equal(check_text("kind: services\nmetadata: {name: x}\n"
                                    "spec: {}\n", NULL),
                         "app.yaml:1: kind: unknown kind \"services\" (did you "

@@ -192,9 +192,8 @@ test_validate_bad(void **state)
            "/paths/~1a~0b/get/x-google-backend/address: not a valid URL");
 
     /* addresses */
-    reject(OAS3(TOP("https://example.com"), "{'/a':{'get':{}}}"),
-           "/x-google-backend/address: https:// backends are not supported "
-           "yet");
+    reject(OAS3(TOP("ftp://example.com"), "{'/a':{'get':{}}}"),
+           "/x-google-backend/address: not a valid URL");
     reject(OAS3(TOP("http://"), "{'/a':{'get':{}}}"), "no host");
     reject(OAS3(TOP("http://h:0"), "{'/a':{'get':{}}}"), "bad port");
     reject(OAS3(TOP("http://h:65536"), "{'/a':{'get':{}}}"), "bad port");
@@ -230,9 +229,9 @@ test_validate_bad(void **state)
                 "{'/a':{'get':{}}}"), "must be a number of seconds");
     reject(OAS3(",'x-google-backend':{'address':'http://h','deadline':1e9}",
                 "{'/a':{'get':{}}}"), "at most 3600 seconds");
-    reject(OAS3(",'x-google-backend':{'address':'http://h','protocol':'h2'}",
+    reject(OAS3(",'x-google-backend':{'address':'http://h','protocol':'h3'}",
                 "{'/a':{'get':{}}}"),
-           "/x-google-backend/protocol: h2 backends are not supported yet");
+           "/x-google-backend/protocol: must be http/1.1 or h2");
     reject(OAS3(",'x-google-backend':{'address':'http://h',"
                 "'protocol':'http/1.0'}", "{'/a':{'get':{}}}"),
            "must be http/1.1");
@@ -272,8 +271,8 @@ test_validate_bad(void **state)
            "/x-google-backend: backend \"missing\" is not defined in "
            "/x-google-api-management/backends");
     reject("{'openapi':{'openapi':'3.0.0','x-google-api-management':{"
-           "'backends':{'b':{'address':'https://x'}}},'paths':{}}}",
-           "/x-google-api-management/backends/b/address: https://");
+           "'backends':{'b':{'address':'ftp://x'}}},'paths':{}}}",
+           "/x-google-api-management/backends/b/address: not a valid URL");
     reject("{'openapi':{'openapi':'3.0.0','x-google-api-management':{"
            "'backends':[]},'paths':{}}}",
            "/x-google-api-management/backends: must be an object");
@@ -303,13 +302,23 @@ test_address_parse(void **state)
     static const struct {
         const char *address, *host, *authority, *path;
         int port;
+        bool tls, h2;
     } ok[] = {
-        { "http://127.0.0.1:9000", "127.0.0.1", "127.0.0.1:9000", "", 9000 },
+        { "http://127.0.0.1:9000", "127.0.0.1", "127.0.0.1:9000", "", 9000,
+          false, false },
         { "http://Example.COM/base/", "Example.COM", "example.com", "/base/",
-          80 },
-        { "HTTP://h:80/x", "h", "h", "/x", 80 },
-        { "http://[::1]:8080/p", "::1", "[::1]:8080", "/p", 8080 },
-        { "http://[::1]", "::1", "[::1]", "", 80 },
+          80, false, false },
+        { "HTTP://h:80/x", "h", "h", "/x", 80, false, false },
+        { "http://[::1]:8080/p", "::1", "[::1]:8080", "/p", 8080, false,
+          false },
+        { "http://[::1]", "::1", "[::1]", "", 80, false, false },
+        { "https://api.example.com/v1", "api.example.com", "api.example.com",
+          "/v1", 443, true, false },
+        { "https://h:8443", "h", "h:8443", "", 8443, true, false },
+        { "grpc://127.0.0.1:50051", "127.0.0.1", "127.0.0.1:50051", "", 50051,
+          false, true },
+        { "grpcs://g.example.com", "g.example.com", "g.example.com", "", 443,
+          true, true },
     };
 
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -325,6 +334,8 @@ test_address_parse(void **state)
         assert_string_equal(b.authority, ok[i].authority);
         assert_string_equal(b.path, ok[i].path);
         assert_int_equal(b.port, ok[i].port);
+        assert_int_equal(b.tls, ok[i].tls);
+        assert_int_equal(b.h2, ok[i].h2);
         free(b.host);
         free(b.authority);
         free(b.path);
@@ -695,6 +706,7 @@ typedef struct e2e {
     kb_http_server *listener;
     kb_http_client *client;
     kb_gateway     *gw;
+    kb_gateway_worker *worker;
     int             backend_port, listener_port, garbage_port, closed_port;
     uv_tcp_t        garbage;     /* answers every connection with junk */
     uv_async_t      wake;
@@ -811,14 +823,14 @@ garbage_conn(uv_stream_t *server, int status)
 
 static int
 fake_resolve(kb_runtime *rt, const char *project, const char *name,
-             kb_endpoint *out)
+             kb_endpoint *out, size_t max)
 {
     if (strcmp(project, "p") != 0)
         return KB_ENOTFOUND;
     if (strcmp(name, "echo") == 0) {
         snprintf(out->host, sizeof(out->host), "127.0.0.1");
         out->port = E.backend_port;
-        return 0;
+        return 1;
     }
     return strcmp(name, "down") == 0 ? KB_EUNAVAIL : KB_ENOTFOUND;
 }
@@ -865,8 +877,10 @@ e2e_setup(void **state)
     assert_int_equal(kb_http_client_create(&E.loop, NULL, &E.client), 0);
     assert_int_equal(kb_gateway_create(&E.loop, E.client, NULL, &E.gw), 0);
     E.gw->resolve = fake_resolve;
+    assert_int_equal(kb_gateway_set_access_log(E.gw, "off"), 0);
+    assert_int_equal(kb_gateway_worker_create(E.gw, &E.loop, &E.worker), 0);
     go.handler = kb_gateway_handle;
-    go.data = E.gw;
+    go.data = E.worker;
     assert_int_equal(kb_http_server_start(&E.loop, "127.0.0.1:0", &go,
                                           &E.listener), 0);
     E.listener_port = kb_http_server_port(E.listener);
@@ -930,10 +944,11 @@ e2e_teardown(void **state)
     while (servers > 0 || E.slow_pending > 0)
         uv_run(&E.loop, UV_RUN_ONCE);
     kb_http_client_destroy(E.client);
-    kb_gateway_free(E.gw);
+    kb_gateway_worker_close(E.worker);
     uv_close((uv_handle_t *)&E.garbage, NULL);
     uv_close((uv_handle_t *)&E.wake, NULL);
     uv_run(&E.loop, UV_RUN_DEFAULT);
+    kb_gateway_free(E.gw);
     assert_int_equal(uv_loop_close(&E.loop), 0);
     return 0;
 }

@@ -80,7 +80,7 @@ test_find(void **state)
         for (size_t i = 0; i < (*k)->nfields; i++)
             assert_non_null((*k)->fields[i].help);
     }
-    assert_int_equal(n, 2);
+    assert_int_equal(n, 3);
 }
 
 static void
