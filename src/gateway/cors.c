@@ -2,7 +2,7 @@
  * cors.c - CORS from the spec (x-kiban-cors on the document or an
  * operation): Access-Control-* headers on actual requests, and preflights
  * answered at the gateway (the cors stage, and gw__cors_preflight() for
- * paths without an OPTIONS operation).  See docs/gateway/cors.md.
+ * paths without an OPTIONS operation).  See docs/gateway.md#cors.
  */
 #include "gateway/gw_int.h"
 #include "core/err.h"

@@ -338,7 +338,7 @@ void    gw__auth_fini(kb_gateway *gw);
 int     gw__auth_compile(gw_spec *s, char *err, size_t errlen);
 void    gw__auth_release(gw_spec *s);
 gw_step gw__auth_stage(gw_ctx *c);
-/* --- auth.c additions (auth helper) -------------------------------------
+/* --- auth.c additions --------------------------------------------------
  * Headers the auth stage sets on the upstream request after verifying a
  * JWT: the token's payload segment (base64url JSON, as Google sends it)
  * and the original Authorization header (which itself is forwarded

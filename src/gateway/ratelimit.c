@@ -3,7 +3,7 @@
  * IP, API key name or a JWT claim.  Policies compile from x-kiban-rate-limit
  * and from Google's quota form (x-google-management.quota + x-google-quota);
  * buckets live gateway-wide in a sharded, bounded hash (kb_gateway->rl), so
- * re-applying a spec keeps them.  See docs/gateway/ratelimit.md.
+ * re-applying a spec keeps them.  See docs/gateway.md#rate-limits.
  */
 #include "gateway/gw_int.h"
 #include "core/err.h"
