@@ -36,9 +36,12 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 # shellcheck disable=SC2086
 $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
-# Debian starts nginx on port 80 when it is installed; the benchmarks run
-# their own instance on loopback, so the system one is not wanted.
-case "$missing" in
-*nginx*) $sudo systemctl disable --now nginx >/dev/null 2>&1 ||
-         $sudo service nginx stop >/dev/null 2>&1 || true ;;
-esac
+# Debian starts nginx (port 80) and haproxy when they are installed; the
+# benchmarks run their own instances on loopback, so the system ones are
+# not wanted.
+for svc in nginx haproxy; do
+    case "$missing" in
+    *"$svc"*) $sudo systemctl disable --now "$svc" >/dev/null 2>&1 ||
+              $sudo service "$svc" stop >/dev/null 2>&1 || true ;;
+    esac
+done
