@@ -439,7 +439,8 @@ const kb_router *gw__table_router(const gw_table *t, const char *host);
 
 /*
  * The upstream request-target for a matched route: per its backend's path
- * translation, from the raw request path and query.  0, KB_ETOOBIG.
+ * translation, from the raw request path and query.  0, KB_ETOOBIG,
+ * KB_EINVAL (an aggregate route: no backend).
  */
 int  gw__target_build(const gw_route *route, const kb_route_match *m,
                       const char *path, const char *query, kb_buf *out);

@@ -174,9 +174,14 @@ gw__target_build(const gw_route *route, const kb_route_match *m,
                  const char *path, const char *query, kb_buf *out)
 {
     const gw_backend *b = route->backend;
-    const char *bp = b->path;
-    size_t bplen = strlen(bp);
+    const char *bp;
+    size_t bplen;
     int rc;
+
+    if (b == NULL)                   /* aggregate operations have none */
+        return KB_EINVAL;
+    bp = b->path;
+    bplen = strlen(bp);
 
     out->max = GW_MAX_TARGET;
     kb_buf_reset(out);
