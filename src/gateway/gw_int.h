@@ -205,6 +205,7 @@ typedef struct gw_pick {
     int         port;
     char        authority[80];       /* Host header */
     bool        tls, h2;
+    const char *revision;            /* service:// only; pool; else NULL */
     void       *instance;            /* for load/outlier accounting */
 } gw_pick;
 

@@ -140,7 +140,8 @@ gw__backend_pick(gw_ctx *c, const gw_backend *b, gw_pick *out)
         cand[at]->inflight++;
     pthread_mutex_unlock(&t->lock);
     out->host = kb_pool_strdup(c->req->pool, eps[at].host);
-    if (out->host == NULL) {
+    out->revision = kb_pool_strdup(c->req->pool, eps[at].revision);
+    if (out->host == NULL || out->revision == NULL) {
         gw__backend_done(c, out, KB_ENOMEM, 0);
         return KB_ENOMEM;
     }
@@ -379,7 +380,8 @@ json_str(kb_buf *b, const char *s, size_t max)
  * One line per answered request:
  * {"time","msg":"access","method","host","path","status","bytes",
  *  "duration_ms","upstream_ms","attempts","gateway","route","upstream",
- *  "service","cache","request_id","trace_id","client","user_agent"}
+ *  "revision","service","cache","request_id","trace_id","client",
+ *  "user_agent"}
  */
 void
 gw__accesslog(gw_ctx *c, int status, size_t bytes)
@@ -420,6 +422,10 @@ gw__accesslog(gw_ctx *c, int status, size_t bytes)
     if (c->attempts > 0 && c->pick.host != NULL)
         rc |= kb_buf_appendf(b, ",\"upstream\":\"%s:%d\"", c->pick.host,
                              c->pick.port);
+    if (c->attempts > 0 && c->pick.revision != NULL) {
+        rc |= kb_buf_appends(b, ",\"revision\":");
+        rc |= json_str(b, c->pick.revision, 96);
+    }
     if (c->cache_state != NULL)
         rc |= kb_buf_appendf(b, ",\"cache\":\"%s\"", c->cache_state);
     rc |= kb_buf_appendf(b, ",\"request_id\":\"%s\",\"trace_id\":\"%.32s\","

@@ -550,6 +550,8 @@ endpoints_locked(const rt_service *svc, kb_endpoint *out, size_t max)
             continue;
         snprintf(out[n].host, sizeof(out[n].host), "127.0.0.1");
         out[n].port = in->port;
+        snprintf(out[n].revision, sizeof(out[n].revision), "%s-%05llu",
+                 svc->name, (unsigned long long)in->generation);
         n++;
     }
     return n;

@@ -31,6 +31,8 @@ typedef struct kb_runtime kb_runtime;
 typedef struct kb_endpoint {
     char host[64];              /* "127.0.0.1" */
     int  port;
+    char revision[96];          /* what runs there: "NAME-00003" (the
+                                   service's generation) */
 } kb_endpoint;
 
 /*

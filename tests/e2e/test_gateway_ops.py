@@ -139,6 +139,7 @@ class AccessLogTest(ServerTest):
         self.assertGreaterEqual(hit["duration_ms"], hit["upstream_ms"])
         self.assertGreater(hit["upstream_ms"], 0)
         self.assertRegex(hit["upstream"], r"^127\.0\.0\.1:\d+$")
+        self.assertEqual(hit["revision"], "hi-00001")
         miss = [l for l in lines if l.get("path") == "/nowhere"][0]
         self.assertEqual(miss["status"], 404)
         self.assertNotIn("route", miss)
@@ -334,6 +335,43 @@ class LoopsTest(ServerTest):
         for t in threads:
             t.join()
         self.assertEqual(results, [200] * 180)
+
+    def test_new_spec_under_load_drops_nothing(self):
+        r = self.srv.api("POST", "/v1/projects/default/services?serviceId=hi",
+                         service())
+        self.assertEqual(r.status, 200, r.body)
+
+        def doc(i):
+            return {"openapi": {
+                "openapi": "3.0.3", "info": {"title": "t", "version": str(i)},
+                "x-google-backend": {"address": "service://hi"},
+                "paths": {"/hello": {"get": {}},
+                          "/v%d" % i: {"get": {}}}}}
+        r = self.srv.api("POST", "/v1/projects/default/gateways?gatewayId=g",
+                         doc(0))
+        self.assertEqual(r.status, 200, r.body)
+        wait_for(lambda: self.srv.gw("GET", "/hello").status == 200, 20,
+                 what="the service")
+        stop = threading.Event()
+        results = []
+
+        def client():
+            while not stop.is_set():
+                results.append(self.srv.gw("GET", "/hello").status)
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for i in range(1, 16):
+            r = self.srv.api("PATCH", "/v1/projects/default/gateways/g",
+                             doc(i))
+            self.assertEqual(r.status, 200, r.body)
+            r = self.srv.gw("GET", "/v%d" % i)   # routed: hello's own 404
+            self.assertNotIn(b"no route", r.body)
+        stop.set()
+        for t in threads:
+            t.join()
+        self.assertGreater(len(results), 50)
+        self.assertEqual(set(results), {200})
 
 
 if __name__ == "__main__":
