@@ -212,6 +212,33 @@ field_semantics(kb_http_head *h, const char *name, size_t nlen,
     return 0;
 }
 
+#define ONES  0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+/*
+ * The first byte in [p, end) that is not C_VALUE, or end.  C_VALUE is
+ * exactly "not a control byte other than HT, and not DEL", so eight bytes
+ * at a time are skipped while none of them is below 0x20 or is 0x7f (an
+ * exact test); a word that has one is scanned bytewise with the table,
+ * which decides (HT passes there).  Long values (tokens, cookies) cost a
+ * few instructions per eight bytes.
+ */
+static const char *
+value_scan(const char *p, const char *end)
+{
+    while (end - p >= 8) {
+        uint64_t x, y;
+        memcpy(&x, p, 8);
+        y = x ^ (0x7f * ONES);
+        if ((((x - 0x20 * ONES) & ~x) | ((y - ONES) & ~y)) & HIGHS)
+            break;
+        p += 8;
+    }
+    while (p < end && IS(*p, C_VALUE))
+        p++;
+    return p;
+}
+
 /* One field line (without CRLF): name ":" OWS value OWS. */
 static int
 field_line(kb_http_head *h, const char *buf, size_t pos, size_t n,
@@ -234,8 +261,7 @@ field_line(kb_http_head *h, const char *buf, size_t pos, size_t n,
     while (p < end && (*p == ' ' || *p == '\t'))
         p++;
     vs = p;
-    while (p < end && IS(*p, C_VALUE))
-        p++;
+    p = value_scan(p, end);
     if (p != end)
         return fail(h, 400, "invalid character in header value");
     ve = end;
