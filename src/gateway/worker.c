@@ -77,7 +77,8 @@ instance_get(struct gw_instances *t, const kb_endpoint *ep)
     if (t->n == GW_MAX_INSTANCES)
         return NULL;
     gw_instance *in = &t->slots[t->n++];
-    snprintf(in->host, sizeof(in->host), "%s", ep->host);
+    snprintf(in->host, sizeof(in->host), "%.*s", (int)sizeof(in->host) - 1,
+             ep->host);
     in->port = ep->port;
     return in;
 }
@@ -147,8 +148,8 @@ gw__backend_pick(gw_ctx *c, const gw_backend *b, gw_pick *out)
     }
     out->port = eps[at].port;
     out->instance = cand[at];
-    snprintf(out->authority, sizeof(out->authority), "%s:%d", eps[at].host,
-             eps[at].port);
+    snprintf(out->authority, sizeof(out->authority), "%.63s:%d",
+             eps[at].host, eps[at].port);
     return 0;
 }
 
