@@ -461,7 +461,11 @@ kb_gateway_worker_create(kb_gateway *gw, uv_loop_t *loop,
     w->gw = gw;
     w->loop = loop;
     kb_buf_init(&w->log, GW_LOG_MAX);
-    if ((rc = kb_http_client_create(loop, NULL, &w->client)) != 0)
+    /* idle upstream connections: as many as the busiest moment needs
+     * (HTTP/2 clients can have hundreds of requests in flight) */
+    if ((rc = kb_http_client_create(loop, &(kb_http_client_opts){
+                                        .max_idle_per_backend = 1024 },
+                                    &w->client)) != 0)
         goto out_free;
     if ((rc = kb_curl_client_create(loop, &(kb_curl_client_opts){
                                         .ca_file = gw->ca_file },

@@ -35,6 +35,7 @@
 #define DEFAULT_BODY_MS      60000u
 #define DEFAULT_IDLE_MS      60000u
 #define DEFAULT_MAX_CONNS    10000u
+#define READ_FIRST           (2u * 1024)    /* a connection's first buffer */
 #define READ_CHUNK           (16u * 1024)   /* grow the read buffer by */
 #define READ_SLACK           (16u * 1024)   /* read buffer beyond the head */
 #define LINGER_MS            2000u          /* drain input before close */
@@ -787,8 +788,13 @@ rbuf_room(conn *c, char **at, size_t *len)
         c->rpos = 0;
     }
     room = b->max - b->len;
-    want = room < READ_CHUNK ? room : READ_CHUNK;
-    if (want == 0 || kb_buf_reserve(b, want) != 0)
+    /* a small first buffer (most heads fit; an idle keep-alive connection
+     * then costs little), used up to its last KiB, then grown */
+    want = b->cap == 0 ? READ_FIRST : READ_CHUNK;
+    if (want > room)
+        want = room;
+    if (want == 0 ||
+        (b->cap - b->len <= 1024 && kb_buf_reserve(b, want) != 0))
         return false;
     want = b->cap - b->len - 1;
     *at = b->data + b->len;
