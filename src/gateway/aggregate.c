@@ -9,7 +9,6 @@
 #include "core/err.h"
 #include "core/time.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,27 +64,6 @@ struct gw_agg_req {
 
 /* ------------------------------------------------------------------------ */
 /* Compiling                                                                 */
-
-static int
-spec_error(char *err, size_t errlen, const char *pointer, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int
-spec_error(char *err, size_t errlen, const char *pointer, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (err == NULL || errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(err, errlen, "%s: ", pointer);
-    if (n >= 0 && (size_t)n < errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
 
 static void
 call_free(agg_call *k)
@@ -188,37 +166,41 @@ call_parse(const json_t *v, const char *ptr, const gw_route *r, agg_call *k,
     int rc;
 
     if (!json_is_object(v))
-        return spec_error(err, errlen, ptr, "must be an object {name, address, "
-                    "path, method, timeout, required, cache}");
+        return gw__spec_fail(err, errlen, ptr, "must be an object {name, "
+                             "address, path, method, timeout, required, "
+                             "cache}");
     k->method = "GET";
     json_object_foreach((json_t *)v, field, val) {
         if (strcmp(field, "name") == 0) {
             if (!json_is_string(val) || !name_ok(json_string_value(val)))
-                return spec_error(err, errlen, ptr, "name: must be 1-%d of "
-                            "[A-Za-z0-9_-], not starting with '_'",
-                            AGG_MAX_NAME);
+                return gw__spec_fail(err, errlen, ptr, "name: must be 1-%d of "
+                                     "[A-Za-z0-9_-], not starting with '_'",
+                                     AGG_MAX_NAME);
             if ((k->name = strdup(json_string_value(val))) == NULL)
                 return KB_ENOMEM;
         } else if (strcmp(field, "address") == 0) {
             if (!json_is_string(val))
-                return spec_error(err, errlen, ptr, "address: must be a string");
+                return gw__spec_fail(err, errlen, ptr,
+                                     "address: must be a string");
             if ((why = gw__address_parse(json_string_value(val), &k->b)) !=
                 NULL)
-                return spec_error(err, errlen, ptr, "address: %s", why);
+                return gw__spec_fail(err, errlen, ptr, "address: %s", why);
             if (k->b.path == NULL ||
                 (k->b.service == NULL &&
                  (k->b.host == NULL || k->b.authority == NULL)) ||
                 (k->address = strdup(json_string_value(val))) == NULL)
                 return KB_ENOMEM;
             if (k->b.h2)
-                return spec_error(err, errlen, ptr, "address: grpc:// backends "
-                            "cannot be aggregated (JSON only)");
+                return gw__spec_fail(err, errlen, ptr, "address: grpc:// "
+                                     "backends cannot be aggregated (JSON "
+                                     "only)");
         } else if (strcmp(field, "path") == 0) {
             if (!json_is_string(val))
-                return spec_error(err, errlen, ptr, "path: must be a string");
+                return gw__spec_fail(err, errlen, ptr,
+                                     "path: must be a string");
             if ((why = path_check(json_string_value(val), r->template,
                                   why_buf, sizeof(why_buf))) != NULL)
-                return spec_error(err, errlen, ptr, "path: %s", why);
+                return gw__spec_fail(err, errlen, ptr, "path: %s", why);
             if ((k->path = strdup(json_string_value(val))) == NULL)
                 return KB_ENOMEM;
         } else if (strcmp(field, "method") == 0) {
@@ -228,16 +210,18 @@ call_parse(const json_t *v, const char *ptr, const gw_route *r, agg_call *k,
             else if (strcasecmp(m, "POST") == 0)
                 k->method = "POST";
             else
-                return spec_error(err, errlen, ptr, "method: must be GET or POST");
+                return gw__spec_fail(err, errlen, ptr,
+                                     "method: must be GET or POST");
         } else if (strcmp(field, "timeout") == 0) {
             if (gw__cache_duration(val, &k->timeout_ms) != 0 ||
                 k->timeout_ms > (uint64_t)(GW_MAX_DEADLINE_S * 1000))
-                return spec_error(err, errlen, ptr, "timeout: must be a duration "
-                            "(\"2s\", \"500ms\" or seconds) up to %.0fs",
-                            GW_MAX_DEADLINE_S);
+                return gw__spec_fail(err, errlen, ptr, "timeout: must be a "
+                                     "duration (\"2s\", \"500ms\" or seconds) "
+                                     "up to %.0fs", GW_MAX_DEADLINE_S);
         } else if (strcmp(field, "required") == 0) {
             if (!json_is_boolean(val))
-                return spec_error(err, errlen, ptr, "required: must be a boolean");
+                return gw__spec_fail(err, errlen, ptr,
+                                     "required: must be a boolean");
             k->required = json_is_true(val);
         } else if (strcmp(field, "cache") == 0) {
             char p[AGG_PTR_MAX + 64];
@@ -246,19 +230,20 @@ call_parse(const json_t *v, const char *ptr, const gw_route *r, agg_call *k,
                                              errlen)) != 0)
                 return rc;
         } else {
-            return spec_error(err, errlen, ptr, "%s: unknown field (known: name, "
-                        "address, path, method, timeout, required, cache)",
-                        field);
+            return gw__spec_fail(err, errlen, ptr, "%s: unknown field (known: "
+                                 "name, address, path, method, timeout, "
+                                 "required, cache)", field);
         }
     }
     if (k->name == NULL)
-        return spec_error(err, errlen, ptr, "name: required");
+        return gw__spec_fail(err, errlen, ptr, "name: required");
     if (k->address == NULL)
-        return spec_error(err, errlen, ptr, "address: required");
+        return gw__spec_fail(err, errlen, ptr, "address: required");
     if (k->path == NULL && (k->path = strdup("")) == NULL)
         return KB_ENOMEM;
     if (k->cache != NULL && strcmp(k->method, "GET") != 0)
-        return spec_error(err, errlen, ptr, "cache: only GET calls can be cached");
+        return gw__spec_fail(err, errlen, ptr,
+                             "cache: only GET calls can be cached");
     return 0;
 }
 
@@ -276,16 +261,19 @@ aggregate_parse(const json_t *v, const char *ptr, const gw_route *r,
 
     *out = NULL;
     if (!json_is_object(v))
-        return spec_error(err, errlen, ptr, "must be an object {calls, timeout}");
+        return gw__spec_fail(err, errlen, ptr,
+                             "must be an object {calls, timeout}");
     json_object_foreach((json_t *)v, field, val)
         if (strcmp(field, "calls") != 0 && strcmp(field, "timeout") != 0)
-            return spec_error(err, errlen, ptr, "%s: unknown field (known: calls, "
-                        "timeout)", field);
+            return gw__spec_fail(err, errlen, ptr,
+                                 "%s: unknown field (known: calls, timeout)",
+                                 field);
     calls = json_object_get(v, "calls");
     if (!json_is_array(calls) || json_array_size(calls) == 0 ||
         json_array_size(calls) > AGG_MAX_CALLS)
-        return spec_error(err, errlen, ptr, "calls: must be an array of 1 to %d "
-                    "calls", AGG_MAX_CALLS);
+        return gw__spec_fail(err, errlen, ptr,
+                             "calls: must be an array of 1 to %d calls",
+                             AGG_MAX_CALLS);
     if ((a = calloc(1, sizeof(*a))) == NULL ||
         (a->calls = calloc(json_array_size(calls), sizeof(agg_call))) ==
             NULL) {
@@ -295,8 +283,9 @@ aggregate_parse(const json_t *v, const char *ptr, const gw_route *r,
     if ((t = json_object_get(v, "timeout")) != NULL &&
         (gw__cache_duration(t, &a->timeout_ms) != 0 ||
          a->timeout_ms > (uint64_t)(GW_MAX_DEADLINE_S * 1000))) {
-        rc = spec_error(err, errlen, ptr, "timeout: must be a duration (\"2s\", "
-                  "\"500ms\" or seconds) up to %.0fs", GW_MAX_DEADLINE_S);
+        rc = gw__spec_fail(err, errlen, ptr, "timeout: must be a duration "
+                           "(\"2s\", \"500ms\" or seconds) up to %.0fs",
+                           GW_MAX_DEADLINE_S);
         goto out_free;
     }
     json_array_foreach(calls, i, val) {
@@ -307,8 +296,9 @@ aggregate_parse(const json_t *v, const char *ptr, const gw_route *r,
             goto out_free;
         for (size_t k = 0; k < i; k++)
             if (strcmp(a->calls[k].name, a->calls[i].name) == 0) {
-                rc = spec_error(err, errlen, p, "name: \"%s\" is used by call %zu",
-                          a->calls[i].name, k);
+                rc = gw__spec_fail(err, errlen, p,
+                                   "name: \"%s\" is used by call %zu",
+                                   a->calls[i].name, k);
                 goto out_free;
             }
     }
@@ -354,36 +344,12 @@ gw__aggregate_release(gw_spec *s)
 /* ------------------------------------------------------------------------ */
 /* Filling a call's path                                                     */
 
-static int
-hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Append v percent-encoded: only unreserved characters stay as they are,
  * so a value can never add a path segment or a query parameter. */
 static int
 pct_encode(kb_buf *out, const char *v, size_t n)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    int rc = 0;
-
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        unsigned char ch = (unsigned char)v[i];
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-            (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
-            ch == '~')
-            rc = kb_buf_appendc(out, (char)ch);
-        else
-            rc = kb_buf_appendf(out, "%%%c%c", hex[ch >> 4], hex[ch & 15]);
-    }
-    return rc;
+    return gw__pct_encode(out, v, n, "");
 }
 
 /* A path parameter as received (percent-encoded): decode, then encode. */
@@ -395,8 +361,8 @@ pct_reencode(kb_buf *out, const char *v, size_t n)
     for (size_t i = 0; i < n && rc == 0; i++) {
         int hi, lo;
         char ch = v[i];
-        if (ch == '%' && i + 2 < n && (hi = hexval(v[i + 1])) >= 0 &&
-            (lo = hexval(v[i + 2])) >= 0) {
+        if (ch == '%' && i + 2 < n && (hi = gw__hex_digit(v[i + 1])) >= 0 &&
+            (lo = gw__hex_digit(v[i + 2])) >= 0) {
             ch = (char)(hi << 4 | lo);
             i += 2;
         }
@@ -538,7 +504,6 @@ headers_build(struct gw_agg_req *ar)
     kb_http_req *req = c->req;
     const char *connection = kb_http_req_header(req, "Connection");
     const char *prior = kb_http_req_header(req, "X-Forwarded-For");
-    const char *host = kb_http_req_header(req, "Host");
     kb_buf xff = KB_BUF_INIT(8192);
     kb_http_header *h;
     size_t nh = 1;
@@ -567,13 +532,7 @@ headers_build(struct gw_agg_req *ar)
     memcpy(h + nh, c->up_extra, c->n_up_extra * sizeof(*h));
     nh += c->n_up_extra;
     h[nh++] = (kb_http_header){ "Accept", "application/json" };
-    h[nh++] = (kb_http_header){ "X-Forwarded-For", xv };
-    h[nh++] = (kb_http_header){ "X-Forwarded-Proto",
-                                req->tls ? "https" : "http" };
-    if (host != NULL)
-        h[nh++] = (kb_http_header){ "X-Forwarded-Host", host };
-    h[nh++] = (kb_http_header){ "X-Request-Id", c->request_id };
-    h[nh++] = (kb_http_header){ "traceparent", c->traceparent };
+    nh += gw__forwarded_headers(c, xv, h + nh);
     ar->headers = h;
     ar->nheaders = nh;
     return 0;

@@ -17,7 +17,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <openssl/evp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,38 +334,8 @@ typedef struct acc {
     struct gw_auth_spec *as;
 } acc;
 
-static int
-spec_fail(acc *a, const char *pointer, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int
-spec_fail(acc *a, const char *pointer, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (a->err == NULL || a->errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(a->err, a->errlen, "%s: ", pointer[0] ? pointer : "/");
-    if (n >= 0 && (size_t)n < a->errlen) {
-        va_start(ap, fmt);
-        vsnprintf(a->err + n, a->errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
-
-static void
-ptr_join(char *out, size_t cap, const char *parent, const char *token)
-{
-    kb_buf b = KB_BUF_INIT(cap - 1);
-
-    if (kb_buf_appends(&b, parent) != 0 || gw__pointer_append(&b, token) != 0)
-        snprintf(out, cap, "%s/…", parent);
-    else
-        snprintf(out, cap, "%s", kb_buf_cstr(&b));
-    kb_buf_free(&b);
-}
+/* "pointer: reason" into the caller's err; returns KB_EINVAL. */
+#define spec_fail(a, ...) gw__spec_fail((a)->err, (a)->errlen, __VA_ARGS__)
 
 static void
 ptr_index(char *out, size_t cap, const char *parent, size_t i)
@@ -374,7 +343,7 @@ ptr_index(char *out, size_t cap, const char *parent, size_t i)
     char tok[32];
 
     snprintf(tok, sizeof(tok), "%zu", i);
-    ptr_join(out, cap, parent, tok);
+    gw__pointer_join(out, cap, parent, tok);
 }
 
 static void
@@ -658,8 +627,8 @@ compile_local_keys(acc *a, gw_scheme *sc, const json_t *def, const char *ptr)
                             "x-kiban-secret-file");
     if (jf == NULL && sf == NULL)
         return 0;
-    ptr_join(p, sizeof(p), ptr, jf != NULL ? "x-kiban-jwks-file"
-                                           : "x-kiban-secret-file");
+    gw__pointer_join(p, sizeof(p), ptr, jf != NULL ? "x-kiban-jwks-file"
+                                                   : "x-kiban-secret-file");
     if (!json_is_string(jf != NULL ? jf : sf) ||
         json_string_length(jf != NULL ? jf : sf) == 0)
         return spec_fail(a, p, "must be a file path");
@@ -705,7 +674,7 @@ compile_jwt(acc *a, gw_scheme *sc, const json_t *def, const char *ptr,
     int rc;
 
     if (oas3_form)
-        ptr_join(base, sizeof(base), ptr, "x-google-auth");
+        gw__pointer_join(base, sizeof(base), ptr, "x-google-auth");
     else
         snprintf(base, sizeof(base), "%s", ptr);
     if (oas3_form && !json_is_object(src))
@@ -713,7 +682,7 @@ compile_jwt(acc *a, gw_scheme *sc, const json_t *def, const char *ptr,
                              "audiences, jwtLocations}");
     sc->kind = SCHEME_JWT;
     sc->uid = atomic_fetch_add(&next_uid, 1);
-    ptr_join(p, sizeof(p), base, k_iss);
+    gw__pointer_join(p, sizeof(p), base, k_iss);
     if (!json_is_string(iss) || json_string_length(iss) == 0)
         return spec_fail(a, p, "required: the tokens' issuer (iss)");
     if ((sc->issuer = strdup(json_string_value(iss))) == NULL)
@@ -721,7 +690,7 @@ compile_jwt(acc *a, gw_scheme *sc, const json_t *def, const char *ptr,
 
     if ((rc = compile_local_keys(a, sc, def, ptr)) != 0)
         return rc;
-    ptr_join(p, sizeof(p), base, k_uri);
+    gw__pointer_join(p, sizeof(p), base, k_uri);
     if (uri != NULL && sc->keys != NULL)
         return spec_fail(a, p, "set either a JWKS URI or an x-kiban-* key file, "
                           "not both");
@@ -738,12 +707,12 @@ compile_jwt(acc *a, gw_scheme *sc, const json_t *def, const char *ptr,
             return KB_ENOMEM;
     }
 
-    ptr_join(p, sizeof(p), base, k_aud);
+    gw__pointer_join(p, sizeof(p), base, k_aud);
     rc = aud != NULL ? compile_audiences(a, sc, aud, p)
                      : default_audiences(a, sc, ptr);
     if (rc != 0)
         return rc;
-    ptr_join(p, sizeof(p), base, k_loc);
+    gw__pointer_join(p, sizeof(p), base, k_loc);
     return compile_locations(a, sc, json_object_get(src, k_loc), p);
 }
 
@@ -755,12 +724,12 @@ compile_apikey(acc *a, gw_scheme *sc, const json_t *def, const char *ptr)
     char p[PTR_MAX];
 
     sc->kind = SCHEME_APIKEY;
-    ptr_join(p, sizeof(p), ptr, "in");
+    gw__pointer_join(p, sizeof(p), ptr, "in");
     if (in == NULL || (strcmp(in, "header") != 0 && strcmp(in, "query") != 0))
         return spec_fail(a, p, "must be \"header\" or \"query\" (cookie is not "
                           "supported)");
     sc->in_query = strcmp(in, "query") == 0;
-    ptr_join(p, sizeof(p), ptr, "name");
+    gw__pointer_join(p, sizeof(p), ptr, "name");
     if (!json_is_string(name) || json_string_length(name) == 0)
         return spec_fail(a, p, "required: the header or query parameter name");
     sc->key_name = strdup(json_string_value(name));
@@ -838,7 +807,7 @@ compile_requirements(acc *a, const json_t *sec, const char *ptr,
         }
         json_object_foreach((json_t *)alt, name, scopes) {
             const gw_scheme *sc = scheme_find(a->as, name);
-            ptr_join(pk, sizeof(pk), p, name);
+            gw__pointer_join(pk, sizeof(pk), p, name);
             if (sc == NULL) {
                 free(au);
                 return spec_fail(a, pk, "no security scheme named '%s' is "
@@ -896,7 +865,7 @@ compile_all(acc *a)
     }
     json_object_foreach((json_t *)defs, name, def) {
         char p[PTR_MAX];
-        ptr_join(p, sizeof(p), defs_ptr, name);
+        gw__pointer_join(p, sizeof(p), defs_ptr, name);
         a->as->n = ++i;
         if ((rc = compile_scheme(a, &a->as->schemes[i - 1], name, def, p)) != 0)
             return rc;
@@ -915,7 +884,7 @@ compile_all(acc *a)
         char p[PTR_MAX];
 
         if (sec != NULL)
-            ptr_join(p, sizeof(p), r->pointer, "security");
+            gw__pointer_join(p, sizeof(p), r->pointer, "security");
         else
             snprintf(p, sizeof(p), "/security");
         if (sec == NULL)

@@ -11,7 +11,6 @@
 #include "core/time.h"
 
 #include <limits.h>
-#include <stdarg.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +28,7 @@
 #define CACHE_MAX_WAITERS    4096              /* per in-flight miss */
 #define CACHE_MIN_BUCKETS    64
 #define CACHE_FILL_BUCKETS   64
+#define CACHE_PTR_MAX        4160              /* a policy's pointer + field */
 
 /* ------------------------------------------------------------------------ */
 /* Types                                                                     */
@@ -179,29 +179,6 @@ siphash24(const uint8_t key[16], const void *data, size_t len)
 /* ------------------------------------------------------------------------ */
 /* Policy: compiling x-kiban-cache                                           */
 
-static int
-spec_error(char *err, size_t errlen, const char *pointer, const char *field,
-     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int
-spec_error(char *err, size_t errlen, const char *pointer, const char *field,
-     const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (err == NULL || errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(err, errlen, "%s%s%s: ", pointer[0] ? pointer : "/",
-                 field != NULL ? "/" : "", field != NULL ? field : "");
-    if (n >= 0 && (size_t)n < errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
-
 int
 gw__cache_duration(const json_t *v, uint64_t *out_ms)
 {
@@ -275,31 +252,32 @@ gw__cache_policy_parse(const json_t *v, const char *pointer,
 {
     struct gw_cache_policy *p;
     const char *field;
+    char fp[CACHE_PTR_MAX];          /* pointer of the field at hand */
     json_t *val;
     int rc = 0;
 
     *out = NULL;
     if (!json_is_object(v))
-        return spec_error(err, errlen, pointer, NULL,
-                    "must be an object {ttl, vary, public, maxEntryBytes}"
-                    " or false");
+        return gw__spec_fail(err, errlen, pointer, "must be an object {ttl, "
+                             "vary, public, maxEntryBytes} or false");
     if ((p = calloc(1, sizeof(*p))) == NULL)
         return KB_ENOMEM;
     json_object_foreach((json_t *)v, field, val) {
+        gw__pointer_join(fp, sizeof(fp), pointer, field);
         if (strcmp(field, "ttl") == 0) {
             if (gw__cache_duration(val, &p->ttl_ms) != 0 ||
                 p->ttl_ms > CACHE_MAX_TTL_MS) {
-                rc = spec_error(err, errlen, pointer, field, "must be a duration "
-                          "such as \"30s\", \"5m\" or a number of seconds, "
-                          "more than 0 and at most 1 day");
+                rc = gw__spec_fail(err, errlen, fp, "must be a duration such "
+                                   "as \"30s\", \"5m\" or a number of seconds, "
+                                   "more than 0 and at most 1 day");
                 goto out_free;
             }
         } else if (strcmp(field, "vary") == 0) {
             size_t i;
             json_t *h;
             if (!json_is_array(val) || json_array_size(val) > CACHE_MAX_VARY) {
-                rc = spec_error(err, errlen, pointer, field, "must be an array of "
-                          "at most %d header names", CACHE_MAX_VARY);
+                rc = gw__spec_fail(err, errlen, fp, "must be an array of at "
+                                   "most %d header names", CACHE_MAX_VARY);
                 goto out_free;
             }
             p->vary = calloc(json_array_size(val) + 1, sizeof(char *));
@@ -309,15 +287,15 @@ gw__cache_policy_parse(const json_t *v, const char *pointer,
             }
             json_array_foreach(val, i, h) {
                 if (!json_is_string(h) || !token_ok(json_string_value(h))) {
-                    rc = spec_error(err, errlen, pointer, field,
-                              "item %zu must be a header name", i);
+                    rc = gw__spec_fail(err, errlen, fp,
+                                       "item %zu must be a header name", i);
                     goto out_free;
                 }
                 for (size_t k = 0; k < p->nvary; k++)
                     if (strcasecmp(p->vary[k], json_string_value(h)) == 0) {
-                        rc = spec_error(err, errlen, pointer, field,
-                                  "\"%s\" is listed twice",
-                                  json_string_value(h));
+                        rc = gw__spec_fail(err, errlen, fp,
+                                           "\"%s\" is listed twice",
+                                           json_string_value(h));
                         goto out_free;
                     }
                 if ((p->vary[p->nvary] = strdup(json_string_value(h))) ==
@@ -329,26 +307,27 @@ gw__cache_policy_parse(const json_t *v, const char *pointer,
             }
         } else if (strcmp(field, "public") == 0) {
             if (!json_is_boolean(val)) {
-                rc = spec_error(err, errlen, pointer, field, "must be a boolean");
+                rc = gw__spec_fail(err, errlen, fp, "must be a boolean");
                 goto out_free;
             }
             p->is_public = json_is_true(val);
         } else if (strcmp(field, "maxEntryBytes") == 0) {
             if (!json_is_integer(val) || json_integer_value(val) < 1 ||
                 json_integer_value(val) > (json_int_t)1 << 40) {
-                rc = spec_error(err, errlen, pointer, field,
-                          "must be a positive integer");
+                rc = gw__spec_fail(err, errlen, fp,
+                                   "must be a positive integer");
                 goto out_free;
             }
             p->max_entry = (size_t)json_integer_value(val);
         } else {
-            rc = spec_error(err, errlen, pointer, field, "unknown field (known: "
-                      "ttl, vary, public, maxEntryBytes)");
+            rc = gw__spec_fail(err, errlen, fp, "unknown field (known: ttl, "
+                               "vary, public, maxEntryBytes)");
             goto out_free;
         }
     }
     if (p->ttl_ms == 0) {
-        rc = spec_error(err, errlen, pointer, "ttl", "required");
+        gw__pointer_join(fp, sizeof(fp), pointer, "ttl");
+        rc = gw__spec_fail(err, errlen, fp, "required");
         goto out_free;
     }
     *out = p;
@@ -402,9 +381,9 @@ gw__cache_compile(gw_spec *s, char *err, size_t errlen)
             return KB_ENOMEM;
         }
         if (!cacheable_method(r->method)) {
-            rc = spec_error(err, errlen, kb_buf_cstr(&ptr), NULL,
-                      "only GET and HEAD operations can be cached (this "
-                      "one is %s)", r->method);
+            rc = gw__spec_fail(err, errlen, kb_buf_cstr(&ptr), "only GET and "
+                               "HEAD operations can be cached (this one is %s)",
+                               r->method);
         } else {
             rc = gw__cache_policy_parse(v, v == dflt ? "/x-kiban-cache"
                                                      : kb_buf_cstr(&ptr),

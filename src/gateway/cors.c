@@ -8,7 +8,6 @@
 #include "core/err.h"
 
 #include <ctype.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,38 +186,8 @@ typedef struct corsc {
     size_t errlen;
 } corsc;
 
-static int
-cors_fail(corsc *c, const char *ptr, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int
-cors_fail(corsc *c, const char *ptr, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (c->err == NULL || c->errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(c->err, c->errlen, "%s: ", ptr[0] ? ptr : "/");
-    if (n >= 0 && (size_t)n < c->errlen) {
-        va_start(ap, fmt);
-        vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
-
-static void
-cors_ptr(char *out, size_t cap, const char *parent, const char *token)
-{
-    kb_buf b = KB_BUF_INIT(cap - 1);
-
-    if (kb_buf_appends(&b, parent) != 0 || gw__pointer_append(&b, token) != 0)
-        snprintf(out, cap, "%s/...", parent);
-    else
-        snprintf(out, cap, "%s", kb_buf_cstr(&b));
-    kb_buf_free(&b);
-}
+/* "pointer: reason" into the caller's err; returns KB_EINVAL. */
+#define cors_fail(c, ...) gw__spec_fail((c)->err, (c)->errlen, __VA_ARGS__)
 
 static void
 cors_free(struct gw_cors *p)
@@ -324,7 +293,7 @@ cors_parse(corsc *c, const json_t *v, const char *ptr, struct gw_cors **out)
         for (i = 0; i < CORS_NFIELDS; i++)
             if (strcmp(k, cors_fields[i].name) == 0)
                 break;
-        cors_ptr(fp, sizeof(fp), ptr, k);
+        gw__pointer_join(fp, sizeof(fp), ptr, k);
         if (i == CORS_NFIELDS) {
             rc = cors_fail(c, fp, "unknown field (allowOrigins, "
                                   "allowMethods, allowHeaders, "
@@ -378,7 +347,7 @@ cors_parse(corsc *c, const json_t *v, const char *ptr, struct gw_cors **out)
             break;
         }
     }
-    cors_ptr(fp, sizeof(fp), ptr, "allowOrigins");
+    gw__pointer_join(fp, sizeof(fp), ptr, "allowOrigins");
     if (origins == NULL) {
         rc = cors_fail(c, fp, "required (an array of origins, or [\"*\"])");
         goto out_free;
@@ -425,7 +394,7 @@ cors_parse(corsc *c, const json_t *v, const char *ptr, struct gw_cors **out)
         goto out_free;
     }
     if (p->credentials && star_expose) {
-        cors_ptr(fp, sizeof(fp), ptr, "exposeHeaders");
+        gw__pointer_join(fp, sizeof(fp), ptr, "exposeHeaders");
         rc = cors_fail(c, fp, "\"*\" cannot be used with allowCredentials: "
                               "true (it would mean a header named \"*\"); "
                               "list the headers");
@@ -524,7 +493,7 @@ gw__cors_compile(gw_spec *s, char *err, size_t errlen)
         if (own != NULL) {
             if (json_is_false(own))
                 continue;
-            cors_ptr(ptr, sizeof(ptr), r->pointer, "x-kiban-cors");
+            gw__pointer_join(ptr, sizeof(ptr), r->pointer, "x-kiban-cors");
             if ((rc = cors_parse(&c, own, ptr, &r->cors)) != 0)
                 goto out_free;
         } else if (deflt != NULL) {

@@ -416,8 +416,25 @@ void gw__spec_unref(gw_spec *s);
 /* Parse an x-google-backend address into b (host/port/path or service).
  * NULL, or a static reason.  Exposed for tests. */
 const char *gw__address_parse(const char *address, gw_backend *b);
-/* Append the JSON-pointer escape of token ("~" → "~0", "/" → "~1"). */
+
+/* escape.c -------------------------------------------------------------- */
+
+/* Append "/" and the JSON-pointer escape of token ("~" → "~0", "/" →
+ * "~1"). */
 int  gw__pointer_append(kb_buf *out, const char *token);
+/* out = parent + "/" + escaped token, NUL-terminated in cap bytes; when it
+ * does not fit, what fits of parent then "/…".  out may be parent. */
+void gw__pointer_join(char *out, size_t cap, const char *parent,
+                      const char *token);
+/* Write "pointer: reason" into err (the root "" is printed "/"); err may
+ * be NULL.  Always returns KB_EINVAL, so a compiler can `return` it. */
+int  gw__spec_fail(char *err, size_t errlen, const char *pointer,
+                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* The value of one hex digit, or -1. */
+int  gw__hex_digit(char ch);
+/* Append v[0..n) percent-encoded (%XX, upper case): letters, digits,
+ * "-._~" and the characters in keep stay as they are. */
+int  gw__pct_encode(kb_buf *out, const char *v, size_t n, const char *keep);
 
 /* table.c --------------------------------------------------------------- */
 
@@ -456,5 +473,11 @@ void gw__traceparent(const char *incoming, char *out, bool *continued);
 /* Is this header hop-by-hop (fixed list, or named in `connection`, the
  * joined Connection header values; may be NULL)? */
 bool gw__hop_by_hop(const char *name, const char *connection);
+/* Append to h the headers the gateway adds to every upstream request:
+ * X-Forwarded-For (xff, the value to send), -Proto, -Host (when the
+ * request has a Host), X-Request-Id, traceparent.  Returns how many (4
+ * or 5); the values point into c and xff. */
+size_t gw__forwarded_headers(const gw_ctx *c, const char *xff,
+                             kb_http_header *h);
 
 #endif

@@ -16,7 +16,6 @@
 #include "core/err.h"
 
 #include <ctype.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,55 +70,8 @@ typedef struct cc {
     bool          allow_cors;        /* x-google-endpoints allowCors */
 } cc;
 
-static int
-fail(cc *c, const char *pointer, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int
-fail(cc *c, const char *pointer, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (c->err == NULL || c->errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(c->err, c->errlen, "%s: ", pointer[0] ? pointer : "/");
-    if (n >= 0 && (size_t)n < c->errlen) {
-        va_start(ap, fmt);
-        vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
-
-int
-gw__pointer_append(kb_buf *out, const char *token)
-{
-    int rc = kb_buf_appendc(out, '/');
-
-    for (const char *p = token; rc == 0 && *p != '\0'; p++) {
-        if (*p == '~')
-            rc = kb_buf_appends(out, "~0");
-        else if (*p == '/')
-            rc = kb_buf_appends(out, "~1");
-        else
-            rc = kb_buf_appendc(out, *p);
-    }
-    return rc;
-}
-
-/* "parent/token" (escaped) into a fixed buffer; truncated if too long. */
-static void
-ptr_join(char *out, size_t cap, const char *parent, const char *token)
-{
-    kb_buf b = KB_BUF_INIT(cap - 1);
-
-    if (kb_buf_appends(&b, parent) != 0 || gw__pointer_append(&b, token) != 0)
-        snprintf(out, cap, "%s/…", parent);
-    else
-        snprintf(out, cap, "%s", kb_buf_cstr(&b));
-    kb_buf_free(&b);
-}
+/* "pointer: reason" into the caller's err; returns KB_EINVAL. */
+#define fail(c, ...) gw__spec_fail((c)->err, (c)->errlen, __VA_ARGS__)
 
 /* ------------------------------------------------------------------------ */
 /* Addresses                                                                 */
@@ -304,7 +256,7 @@ backend_object(cc *c, const json_t *obj, const char *ptr,
         for (i = 0; i < NBACKEND_FIELDS; i++)
             if (strcmp(key, backend_fields[i].name) == 0)
                 break;
-        ptr_join(p, sizeof(p), ptr, key);
+        gw__pointer_join(p, sizeof(p), ptr, key);
         if (i == NBACKEND_FIELDS)
             return fail(c, p, "unknown field (address, path_translation, "
                               "deadline, protocol, jwt_audience, "
@@ -359,13 +311,13 @@ backend_object(cc *c, const json_t *obj, const char *ptr,
         }
     }
     if (address == NULL) {
-        ptr_join(p, sizeof(p), ptr, "address");
+        gw__pointer_join(p, sizeof(p), ptr, "address");
         return fail(c, p, "required");
     }
     b = calloc(1, sizeof(*b));
     if (b == NULL)
         return KB_ENOMEM;
-    ptr_join(p, sizeof(p), ptr, "address");
+    gw__pointer_join(p, sizeof(p), ptr, "address");
     if ((why = gw__address_parse(json_string_value(address), b)) != NULL) {
         backend_free(b);
         return fail(c, p, "%s", why);
@@ -413,8 +365,8 @@ backend_value(cc *c, const json_t *v, const char *ptr,
         return fail(c, ptr, "backend \"%s\" is not defined in "
                             "/x-google-api-management/backends",
                     json_string_value(v));
-    ptr_join(p, sizeof(p), "/x-google-api-management/backends",
-             json_string_value(v));
+    gw__pointer_join(p, sizeof(p), "/x-google-api-management/backends",
+                     json_string_value(v));
     return backend_object(c, def, p, pt_default, out);
 }
 
@@ -625,7 +577,7 @@ compile_path_item(cc *c, const char *path_key, const json_t *item,
     const json_t *v;
     int rc;
 
-    ptr_join(ptr, sizeof(ptr), "/paths", path_key);
+    gw__pointer_join(ptr, sizeof(ptr), "/paths", path_key);
     if (path_key[0] != '/')
         return fail(c, ptr, "path must start with '/'");
     if (!json_is_object(item))
@@ -637,7 +589,7 @@ compile_path_item(cc *c, const char *path_key, const json_t *item,
         const gw_backend *backend = top;
         const json_t *xb;
 
-        ptr_join(p, sizeof(p), ptr, key);
+        gw__pointer_join(p, sizeof(p), ptr, key);
         if (strcmp(key, "$ref") == 0)
             return fail(c, p, "$ref path items are not supported");
         if (strcmp(key, "x-google-backend") == 0)
@@ -661,7 +613,7 @@ compile_path_item(cc *c, const char *path_key, const json_t *item,
         xb = json_object_get(v, "x-google-backend");
         if (xb != NULL) {
             char bp[PTR_MAX];
-            ptr_join(bp, sizeof(bp), p, "x-google-backend");
+            gw__pointer_join(bp, sizeof(bp), p, "x-google-backend");
             if ((rc = backend_value(c, xb, bp, GW_PT_CONSTANT, &backend)) != 0)
                 return rc;
         }
@@ -731,8 +683,8 @@ compile_doc(cc *c, const json_t *doc)
             json_object_foreach((json_t *)c->registry, key, v) {
                 char p[PTR_MAX];
                 const gw_backend *unused;
-                ptr_join(p, sizeof(p), "/x-google-api-management/backends",
-                         key);
+                gw__pointer_join(p, sizeof(p),
+                                 "/x-google-api-management/backends", key);
                 if ((rc = backend_object(c, v, p, GW_PT_APPEND, &unused)) != 0)
                     return rc;
             }

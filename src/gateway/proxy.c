@@ -155,18 +155,7 @@ gw__traceparent(const char *incoming, char *out, bool *continued)
 static int
 query_value(kb_buf *out, const char *v, size_t n)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    int rc = 0;
-
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        unsigned char ch = (unsigned char)v[i];
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-            (ch >= '0' && ch <= '9') || strchr("-._~%/:@!$'()*,;", ch) != NULL)
-            rc = kb_buf_appendc(out, (char)ch);
-        else
-            rc = kb_buf_appendf(out, "%%%c%c", hex[ch >> 4], hex[ch & 15]);
-    }
-    return rc;
+    return gw__pct_encode(out, v, n, "%/:@!$'()*,;");
 }
 
 int
@@ -831,12 +820,28 @@ send_attempt(gw_ctx *c)
     return rc;
 }
 
+size_t
+gw__forwarded_headers(const gw_ctx *c, const char *xff, kb_http_header *h)
+{
+    const char *host = kb_http_req_header(c->req, "Host");
+    size_t n = 0;
+
+    h[n++] = (kb_http_header){ "X-Forwarded-For", xff };
+    h[n++] = (kb_http_header){ "X-Forwarded-Proto",
+                               c->req->tls ? "https" : "http" };
+    if (host != NULL)
+        h[n++] = (kb_http_header){ "X-Forwarded-Host", host };
+    h[n++] = (kb_http_header){ "X-Request-Id", c->request_id };
+    h[n++] = (kb_http_header){ "traceparent", c->traceparent };
+    return n;
+}
+
 static kb_http_header *
 upstream_headers(gw_ctx *c, size_t *n)
 {
     kb_http_req *req = c->req;
     kb_buf conn = KB_BUF_INIT(GW_MAX_XFF), xff = KB_BUF_INIT(GW_MAX_XFF);
-    const char *connection, *prior, *host;
+    const char *connection, *prior;
     kb_http_header *h;
     size_t nh = 0;
     char *xff_value;
@@ -868,15 +873,8 @@ upstream_headers(gw_ctx *c, size_t *n)
     if (c->pick.h2 && connection == NULL &&
         kb_http_req_header(req, "TE") != NULL)
         h[nh++] = (kb_http_header){ "TE", "trailers" };
-    host = kb_http_req_header(req, "Host");
     h[nh++] = (kb_http_header){ "Host", c->pick.authority };
-    h[nh++] = (kb_http_header){ "X-Forwarded-For", xff_value };
-    h[nh++] = (kb_http_header){ "X-Forwarded-Proto",
-                                req->tls ? "https" : "http" };
-    if (host != NULL)
-        h[nh++] = (kb_http_header){ "X-Forwarded-Host", host };
-    h[nh++] = (kb_http_header){ "X-Request-Id", c->request_id };
-    h[nh++] = (kb_http_header){ "traceparent", c->traceparent };
+    nh += gw__forwarded_headers(c, xff_value, h + nh);
     memcpy(h + nh, c->up_extra, c->n_up_extra * sizeof(*h));
     *n = nh + c->n_up_extra;
     return h;

@@ -14,7 +14,6 @@
 #include <math.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,39 +389,8 @@ typedef struct rlc {
     size_t      errlen;
 } rlc;
 
-static int
-rl_fail(rlc *c, const char *ptr, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int
-rl_fail(rlc *c, const char *ptr, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (c->err == NULL || c->errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(c->err, c->errlen, "%s: ", ptr[0] ? ptr : "/");
-    if (n >= 0 && (size_t)n < c->errlen) {
-        va_start(ap, fmt);
-        vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
-
-/* parent + "/" + escaped token, truncated to the buffer. */
-static void
-rl_ptr(char *out, size_t cap, const char *parent, const char *token)
-{
-    kb_buf b = KB_BUF_INIT(cap - 1);
-
-    if (kb_buf_appends(&b, parent) != 0 || gw__pointer_append(&b, token) != 0)
-        snprintf(out, cap, "%s/...", parent);
-    else
-        snprintf(out, cap, "%s", kb_buf_cstr(&b));
-    kb_buf_free(&b);
-}
+/* "pointer: reason" into the caller's err; returns KB_EINVAL. */
+#define rl_fail(c, ...) gw__spec_fail((c)->err, (c)->errlen, __VA_ARGS__)
 
 /* A count: an integer 1..RL_MAX_COUNT (min0: 0 allowed). */
 static bool
@@ -532,7 +500,7 @@ limit_parse(rlc *c, const json_t *v, const char *ptr, rl_limit *l)
         for (i = 0; i < RL_NFIELDS; i++)
             if (strcmp(k, rl_fields[i].name) == 0)
                 break;
-        rl_ptr(p, sizeof(p), ptr, k);
+        gw__pointer_join(p, sizeof(p), ptr, k);
         if (i == RL_NFIELDS)
             return rl_fail(c, p, "unknown field (requests, period, burst, "
                                  "key)");
@@ -579,11 +547,11 @@ limit_parse(rlc *c, const json_t *v, const char *ptr, rl_limit *l)
         }
     }
     if (!have_requests) {
-        rl_ptr(p, sizeof(p), ptr, "requests");
+        gw__pointer_join(p, sizeof(p), ptr, "requests");
         return rl_fail(c, p, "required");
     }
     if (!have_period) {
-        rl_ptr(p, sizeof(p), ptr, "period");
+        gw__pointer_join(p, sizeof(p), ptr, "period");
         return rl_fail(c, p, "required");
     }
     if (!have_burst)
@@ -675,37 +643,37 @@ google_management(rlc *c, const json_t *doc, gq *q)
             return rl_fail(c, lp, "must be an object {name, metric, unit, "
                                   "values}");
         if (!json_is_string(name) || json_string_length(name) == 0) {
-            rl_ptr(p, sizeof(p), lp, "name");
+            gw__pointer_join(p, sizeof(p), lp, "name");
             return rl_fail(c, p, "required (a string)");
         }
         if (!json_is_string(metric)) {
-            rl_ptr(p, sizeof(p), lp, "metric");
+            gw__pointer_join(p, sizeof(p), lp, "metric");
             return rl_fail(c, p, "required (a metric name)");
         }
         if (q->metrics == NULL ||
             !metric_declared(q, json_string_value(metric))) {
-            rl_ptr(p, sizeof(p), lp, "metric");
+            gw__pointer_join(p, sizeof(p), lp, "metric");
             return rl_fail(c, p, "metric \"%s\" is not declared in "
                                  "/x-google-management/metrics",
                            json_string_value(metric));
         }
         if (!json_is_string(unit) ||
             strcmp(json_string_value(unit), "1/min/{project}") != 0) {
-            rl_ptr(p, sizeof(p), lp, "unit");
+            gw__pointer_join(p, sizeof(p), lp, "unit");
             return rl_fail(c, p, "must be \"1/min/{project}\" (only "
                                  "per-minute, per-consumer limits are "
                                  "supported, as in Cloud Endpoints)");
         }
-        rl_ptr(p, sizeof(p), lp, "values");
+        gw__pointer_join(p, sizeof(p), lp, "values");
         if (!json_is_object(values))
             return rl_fail(c, p, "required: {STANDARD: requests per minute}");
-        rl_ptr(p, sizeof(p), p, "STANDARD");
+        gw__pointer_join(p, sizeof(p), p, "STANDARD");
         if (!count_ok(json_object_get(values, "STANDARD"), true, &g->value))
             return rl_fail(c, p, "must be an integer from 0 to %d",
                            RL_MAX_COUNT);
         for (size_t k = 0; k < q->nlimits; k++)
             if (strcmp(q->limits[k].name, json_string_value(name)) == 0) {
-                rl_ptr(p, sizeof(p), lp, "name");
+                gw__pointer_join(p, sizeof(p), lp, "name");
                 return rl_fail(c, p, "duplicate limit name");
             }
         g->name = json_string_value(name);
@@ -789,16 +757,16 @@ route_google(rlc *c, const gq *q, const gw_route *r,
 
     if (xq == NULL)
         return 0;
-    rl_ptr(ptr, sizeof(ptr), r->pointer, "x-google-quota");
+    gw__pointer_join(ptr, sizeof(ptr), r->pointer, "x-google-quota");
     if (!json_is_object(xq))
         return rl_fail(c, ptr, "must be an object {metricCosts: {...}}");
     costs = json_object_get(xq, "metricCosts");
-    rl_ptr(ptr, sizeof(ptr), ptr, "metricCosts");
+    gw__pointer_join(ptr, sizeof(ptr), ptr, "metricCosts");
     if (!json_is_object(costs))
         return rl_fail(c, ptr, "required: an object of metric name → cost");
     json_object_foreach((json_t *)costs, metric, cv) {
         uint64_t cost;
-        rl_ptr(p2, sizeof(p2), ptr, metric);
+        gw__pointer_join(p2, sizeof(p2), ptr, metric);
         if (q->metrics == NULL || !metric_declared(q, metric))
             return rl_fail(c, p2, "metric \"%s\" is not declared in "
                                   "/x-google-management/metrics", metric);
@@ -866,7 +834,7 @@ gw__ratelimit_compile(gw_spec *s, char *err, size_t errlen)
         }
         r->ratelimit = p;            /* release frees it on any error */
         memset(&l, 0, sizeof(l));
-        rl_ptr(ptr, sizeof(ptr), r->pointer, "x-kiban-rate-limit");
+        gw__pointer_join(ptr, sizeof(ptr), r->pointer, "x-kiban-rate-limit");
         if (own != NULL && !json_is_false(own)) {
             if ((rc = limit_parse(&c, own, ptr, &l)) != 0) {
                 free(l.claim);

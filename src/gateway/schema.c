@@ -9,6 +9,7 @@
  * property or item (A = allOf[A]) would loop forever and is refused.
  */
 #include "gateway/schema_int.h"
+#include "gateway/gw_int.h"          /* gw__spec_fail, gw__pointer_join */
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/pool.h"
@@ -16,7 +17,6 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,12 +154,6 @@ memo_put(gw_schema_set *set, const json_t *key, gw_schema *val)
     return 0;
 }
 
-static int
-hexval(char h)
-{
-    return h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10;
-}
-
 /* Decode one JSON-pointer token of a URI fragment: %XX, then ~1 ~0. */
 static bool
 token_decode(const char *s, size_t n, kb_buf *out)
@@ -171,7 +165,7 @@ token_decode(const char *s, size_t n, kb_buf *out)
             if (i + 2 >= n || !isxdigit((unsigned char)s[i + 1]) ||
                 !isxdigit((unsigned char)s[i + 2]))
                 return false;
-            ch = hexval(s[i + 1]) * 16 + hexval(s[i + 2]);
+            ch = gw__hex_digit(s[i + 1]) * 16 + gw__hex_digit(s[i + 2]);
             i += 2;
         }
         if (ch == '~') {
@@ -243,45 +237,8 @@ typedef struct cctx {
     int            nest;             /* compile recursion */
 } cctx;
 
-static int
-cfail(cctx *c, const char *ptr, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int
-cfail(cctx *c, const char *ptr, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (c->err == NULL || c->errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(c->err, c->errlen, "%s: ", ptr[0] ? ptr : "/");
-    if (n >= 0 && (size_t)n < c->errlen) {
-        va_start(ap, fmt);
-        vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
-
-/* ptr + "/" + escaped token, into out (PTR_MAX); truncated when long. */
-static void
-ptr_join(char *out, const char *parent, const char *token)
-{
-    size_t n = (size_t)snprintf(out, PTR_MAX, "%s/", parent);
-
-    for (const char *p = token; *p != '\0' && n + 3 < PTR_MAX; p++) {
-        if (*p == '~' || *p == '/') {
-            out[n++] = '~';
-            out[n++] = *p == '~' ? '0' : '1';
-        } else {
-            out[n++] = *p;
-        }
-    }
-    if (n >= PTR_MAX)
-        n = PTR_MAX - 1;
-    out[n] = '\0';
-}
+/* "pointer: reason" into the caller's err; returns KB_EINVAL. */
+#define cfail(c, ...) gw__spec_fail((c)->err, (c)->errlen, __VA_ARGS__)
 
 static void
 ptr_index(char *out, const char *parent, size_t i)
@@ -791,7 +748,7 @@ kw_properties(cctx *c, gw_schema *s, const json_t *v, const char *ptr)
         return KB_ENOMEM;
     json_object_foreach((json_t *)v, key, sub) {
         char p[PTR_MAX];
-        ptr_join(p, ptr, key);
+        gw__pointer_join(p, sizeof(p), ptr, key);
         s->props[s->nprops].name = key;
         if ((rc = compile_at(c, sub, p, true,
                              &s->props[s->nprops].schema)) != 0)
@@ -971,7 +928,7 @@ follow_refs(cctx *c, const json_t **v, char *ptr)
         /* 3.1: siblings of $ref count; kw_ref_sibling handles them */
         if (c->set->dialect == GW_DIALECT_OAS31 && json_object_size(*v) > 1)
             return 0;
-        ptr_join(p, ptr, "$ref");
+        gw__pointer_join(p, sizeof(p), ptr, "$ref");
         if (!json_is_string(ref))
             return cfail(c, p, "must be a string");
         if (hops == GW_SCHEMA_MAX_REFS)
@@ -1039,7 +996,7 @@ compile_at(cctx *c, const json_t *v, const char *ptr, bool descend,
                     break;
             if (i == NKEYWORDS)
                 continue;
-            ptr_join(p, here, key);
+            gw__pointer_join(p, sizeof(p), here, key);
             if ((rc = keywords[i].fn(c, s, kv, p)) != 0)
                 goto out_level;
         }

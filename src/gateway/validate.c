@@ -108,38 +108,8 @@ typedef struct vcc {
     gw_dialect     dialect;
 } vcc;
 
-static int
-cfail(vcc *c, const char *ptr, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int
-cfail(vcc *c, const char *ptr, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (c->err == NULL || c->errlen == 0)
-        return KB_EINVAL;
-    n = snprintf(c->err, c->errlen, "%s: ", ptr[0] ? ptr : "/");
-    if (n >= 0 && (size_t)n < c->errlen) {
-        va_start(ap, fmt);
-        vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    return KB_EINVAL;
-}
-
-static void
-ptr_join(char *out, const char *parent, const char *token)
-{
-    kb_buf b = KB_BUF_INIT(PTR_MAX - 1);
-
-    if (kb_buf_appends(&b, parent) != 0 || gw__pointer_append(&b, token) != 0)
-        snprintf(out, PTR_MAX, "%.*s/…", PTR_MAX - 8, parent);
-    else
-        snprintf(out, PTR_MAX, "%s", kb_buf_cstr(&b));
-    kb_buf_free(&b);
-}
+/* "pointer: reason" into the caller's err; returns KB_EINVAL. */
+#define cfail(c, ...) gw__spec_fail((c)->err, (c)->errlen, __VA_ARGS__)
 
 /*
  * x-kiban-validate: true/false, or {parameters: bool, body: bool} (each
@@ -162,7 +132,7 @@ opts_parse(vcc *c, const json_t *v, const char *ptr, vopts *o)
     json_object_foreach((json_t *)v, key, f) {
         char p[PTR_MAX];
         size_t i;
-        ptr_join(p, ptr, key);
+        gw__pointer_join(p, sizeof(p), ptr, key);
         for (i = 0; i < sizeof(opt_fields) / sizeof(opt_fields[0]); i++)
             if (strcmp(key, opt_fields[i].name) == 0)
                 break;
@@ -186,7 +156,7 @@ deref(vcc *c, const json_t **v, char *ptr)
 
         if (ref == NULL)
             return 0;
-        ptr_join(p, ptr, "$ref");
+        gw__pointer_join(p, sizeof(p), ptr, "$ref");
         if (!json_is_string(ref))
             return cfail(c, p, "must be a string");
         if (hops == GW_SCHEMA_MAX_REFS)
@@ -243,7 +213,7 @@ media_add(vcc *c, gw_validation *v, const char *type, const json_t *schema,
     m->json = media_is_json(norm);
     if (schema != NULL) {
         char p[PTR_MAX];
-        ptr_join(p, ptr, "schema");
+        gw__pointer_join(p, sizeof(p), ptr, "schema");
         if ((rc = gw__schema_compile(c->set, schema, p, &m->schema, c->err,
                                      c->errlen)) != 0)
             return rc;
@@ -295,14 +265,14 @@ body_oas3(vcc *c, gw_validation *v, const json_t *body, const char *at)
         return cfail(c, ptr, "must be an object (a request body)");
     v->body_required = json_is_true(json_object_get(body, "required"));
     content = json_object_get(body, "content");
-    ptr_join(p, ptr, "content");
+    gw__pointer_join(p, sizeof(p), ptr, "content");
     if (content == NULL)
         return 0;
     if (!json_is_object(content))
         return cfail(c, p, "must be an object of media types");
     json_object_foreach((json_t *)content, type, media) {
         char mp[PTR_MAX];
-        ptr_join(mp, p, type);
+        gw__pointer_join(mp, sizeof(mp), p, type);
         if (!json_is_object(media))
             return cfail(c, mp, "must be an object (a media type)");
         if ((rc = media_add(c, v, type, json_object_get(media, "schema"),
@@ -337,7 +307,7 @@ param_style(vcc *c, vparam *vp, const json_t *param, const char *ptr)
         vp->split = SPLIT_PIPES;
     else {
         char p[PTR_MAX];
-        ptr_join(p, ptr, "style");
+        gw__pointer_join(p, sizeof(p), ptr, "style");
         return cfail(c, p, "style \"%s\" is not supported by the request "
                           "validator here (form, simple, spaceDelimited, "
                           "pipeDelimited)", style);
@@ -372,24 +342,24 @@ param_compile(vcc *c, vparam *vp, const json_t *param, const char *ptr)
         if ((rc = param_style(c, vp, param, ptr)) != 0)
             return rc;
         schema = json_object_get(param, "schema");
-        ptr_join(p, ptr, "schema");
+        gw__pointer_join(p, sizeof(p), ptr, "schema");
         sp = p;
         content = json_object_get(param, "content");
         if (schema == NULL && json_is_object(content)) {
             const char *type;
             const json_t *media;
             char cp[PTR_MAX];
-            ptr_join(cp, ptr, "content");
+            gw__pointer_join(cp, sizeof(cp), ptr, "content");
             json_object_foreach((json_t *)content, type, media) {
                 char norm[128];
                 media_norm(type, strlen(type), norm, sizeof(norm));
-                ptr_join(p, cp, type);
+                gw__pointer_join(p, sizeof(p), cp, type);
                 if (!media_is_json(norm))
                     return cfail(c, p, "only JSON parameter content is "
                                       "supported by the request validator");
                 vp->json = true;
                 schema = json_object_get(media, "schema");
-                ptr_join(p, p, "schema");
+                gw__pointer_join(p, sizeof(p), p, "schema");
                 break;
             }
         }
@@ -453,7 +423,7 @@ params_add(vcc *c, gw_validation *v, const json_t *doc, const json_t *op,
         name = json_string_value(json_object_get(param, "name"));
         in = json_string_value(json_object_get(param, "in"));
         if (name == NULL) {
-            ptr_join(p, ptr, "name");
+            gw__pointer_join(p, sizeof(p), ptr, "name");
             return cfail(c, p, "required (a string)");
         }
         if (in != NULL && strcmp(in, "body") == 0 &&
@@ -471,7 +441,7 @@ params_add(vcc *c, gw_validation *v, const json_t *doc, const json_t *op,
             if (strcmp(in, ins[k].name) == 0)
                 break;
         if (in == NULL || k == NINS) {
-            ptr_join(p, ptr, "in");
+            gw__pointer_join(p, sizeof(p), ptr, "in");
             return cfail(c, p, "must be path, query, header or cookie%s",
                         c->dialect == GW_DIALECT_SWAGGER2
                             ? ", body or formData" : "");
@@ -566,20 +536,20 @@ route_compile(vcc *c, const json_t *doc, const gw_route *r, const vopts *o,
         char ip[PTR_MAX];
         snprintf(ip, sizeof(ip), "%.*s", (int)(strrchr(r->pointer, '/') -
                                                r->pointer), r->pointer);
-        ptr_join(ptr, ip, "parameters");
+        gw__pointer_join(ptr, sizeof(ptr), ip, "parameters");
         if ((rc = params_add(c, v, doc, r->op,
                              json_object_get(item, "parameters"), ptr,
                              o)) != 0)
             goto out_free;
     }
-    ptr_join(ptr, r->pointer, "parameters");
+    gw__pointer_join(ptr, sizeof(ptr), r->pointer, "parameters");
     if ((rc = params_add(c, v, doc, r->op, json_object_get(r->op,
                                                            "parameters"),
                          ptr, o)) != 0)
         goto out_free;
     if (o->body && c->dialect != GW_DIALECT_SWAGGER2 &&
         json_object_get(r->op, "requestBody") != NULL) {
-        ptr_join(ptr, r->pointer, "requestBody");
+        gw__pointer_join(ptr, sizeof(ptr), r->pointer, "requestBody");
         if ((rc = body_oas3(c, v, json_object_get(r->op, "requestBody"),
                             ptr)) != 0)
             goto out_free;
@@ -620,7 +590,7 @@ gw__validate_compile(gw_spec *s, char *err, size_t errlen)
         vopts o = dflt;
         if (xv != NULL) {
             char p[PTR_MAX];
-            ptr_join(p, r->pointer, "x-kiban-validate");
+            gw__pointer_join(p, sizeof(p), r->pointer, "x-kiban-validate");
             if ((rc = opts_parse(&c, xv, p, &o)) != 0)
                 goto out_release;
         }
@@ -662,15 +632,6 @@ typedef struct rq {
     kb_buf                scratch;   /* decoded values */
 } rq;
 
-static int
-hexv(char h)
-{
-    if (h >= '0' && h <= '9')
-        return h - '0';
-    h = (char)(h | 0x20);
-    return h >= 'a' && h <= 'f' ? h - 'a' + 10 : -1;
-}
-
 /* Percent-decode s[0..n) onto out.  '+' stays '+' (RFC 3986, not HTML
  * forms).  0, KB_EINVAL (bad escape), KB_ETOOBIG. */
 static int
@@ -679,8 +640,8 @@ pct_decode(const char *s, size_t n, kb_buf *out)
     for (size_t i = 0; i < n; i++) {
         char ch = s[i];
         if (ch == '%') {
-            int hi = i + 2 < n ? hexv(s[i + 1]) : -1;
-            int lo = i + 2 < n ? hexv(s[i + 2]) : -1;
+            int hi = i + 2 < n ? gw__hex_digit(s[i + 1]) : -1;
+            int lo = i + 2 < n ? gw__hex_digit(s[i + 2]) : -1;
             if (hi < 0 || lo < 0)
                 return KB_EINVAL;
             ch = (char)(hi * 16 + lo);

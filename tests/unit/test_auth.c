@@ -75,17 +75,6 @@ gw__post(gw_ctx *c)
     pthread_mutex_unlock(&post_lock);
 }
 
-int
-gw__pointer_append(kb_buf *out, const char *token)
-{
-    int rc = kb_buf_appendc(out, '/');
-
-    for (const char *p = token; rc == 0 && *p != '\0'; p++)
-        rc = *p == '~' ? kb_buf_appends(out, "~0")
-           : *p == '/' ? kb_buf_appends(out, "~1") : kb_buf_appendc(out, *p);
-    return rc;
-}
-
 /* ------------------------------------------------------------------------ */
 /* A fake JWKS server and clock                                             */
 
