@@ -235,12 +235,13 @@ key_lookup(struct gw_keys *k, const char *key, const char *project,
            const char *gateway, kb_pool *pool, const char **name)
 {
     unsigned char md[32];
-    unsigned int mdlen = 0;
     char sha[65];
     key_verdict v = KEY_UNKNOWN;
 
     *name = NULL;
-    if (EVP_Digest(key, strlen(key), md, &mdlen, EVP_sha256(), NULL) != 1)
+    size_t klen = strlen(key);
+
+    if (gw__sha256((const void *[]){ key }, &klen, 1, md) != 0)
         return KEY_UNKNOWN;
     for (int i = 0; i < 32; i++)
         snprintf(sha + 2 * i, 3, "%02x", md[i]);
@@ -1041,7 +1042,6 @@ check_jwt(gw_ctx *c, const gw_scheme *sc, ident *id)
     const char *tok = jwt_extract(c, sc), *why = NULL, *iss, *sub;
     int64_t now = kb_time_unix_ns() / 1000000000;
     unsigned char digest[32];
-    unsigned int dlen = 0;
     gw_keyset *keys = NULL;
     gw_jwt_expect expect;
     gw_tc_hit hit;
@@ -1059,7 +1059,7 @@ check_jwt(gw_ctx *c, const gw_scheme *sc, ident *id)
         reject_log(c, sc, "token too long");
         return AR_INVALID;
     }
-    if (EVP_Digest(tok, len, digest, &dlen, EVP_sha256(), NULL) != 1)
+    if (gw__sha256((const void *[]){ tok }, &len, 1, digest) != 0)
         return AR_INVALID;
     if (gw__tcache_get(c->gw->jwks, digest, sc->uid, now, c->req->pool,
                        &hit)) {

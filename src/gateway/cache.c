@@ -508,8 +508,9 @@ credential_hash(const kb_http_req *req, char hex[65], bool *any)
         return rc;
     }
     *any = a || k;
-    if (*any && EVP_Digest(b.data, b.len, md, &mdlen, EVP_sha256(), NULL) != 1)
+    if (*any && gw__sha256((const void *[]){ b.data }, &b.len, 1, md) != 0)
         rc = KB_ENOMEM;
+    mdlen = *any ? 32 : 0;
     kb_buf_free(&b);
     for (unsigned int i = 0; i < mdlen && rc == 0; i++)
         snprintf(hex + 2 * i, 3, "%02x", md[i]);

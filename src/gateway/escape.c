@@ -1,13 +1,16 @@
 /*
- * escape.c - small text helpers every gateway module shares: JSON-pointer
- * tokens and the "pointer: reason" errors of the spec compilers, and the
- * percent/hex codec of paths and queries.  No state and nothing beyond
- * core/buf, so a unit test that includes one module's .c links this alone.
+ * escape.c - small helpers every gateway module shares: JSON-pointer
+ * tokens and the "pointer: reason" errors of the spec compilers, the
+ * percent/hex codec of paths and queries, and SHA-256.  Nothing beyond
+ * core/buf and OpenSSL, so a unit test that includes one module's .c links
+ * this alone.
  */
 #include "gateway/gw_int.h"
 #include "core/err.h"
 
 #include <stdarg.h>
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -104,4 +107,37 @@ gw__pct_encode(kb_buf *out, const char *v, size_t n, const char *keep)
             rc = kb_buf_appendf(out, "%%%c%c", hex[ch >> 4], hex[ch & 15]);
     }
     return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* SHA-256                                                                   */
+
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+/* OpenSSL 3 looks an algorithm up on every EVP_sha256() digest; fetch it
+ * once and keep it for the life of the process. */
+static void
+sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+int
+gw__sha256(const void *const *parts, const size_t *lens, size_t n,
+           unsigned char out[32])
+{
+    EVP_MD_CTX *ctx;
+    unsigned int len = 0;
+    int ok;
+
+    pthread_once(&sha256_once, sha256_fetch);
+    if (sha256_md == NULL || (ctx = EVP_MD_CTX_new()) == NULL)
+        return KB_ENOMEM;
+    ok = EVP_DigestInit_ex(ctx, sha256_md, NULL) == 1;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = EVP_DigestUpdate(ctx, parts[i], lens[i]) == 1;
+    ok = ok && EVP_DigestFinal_ex(ctx, out, &len) == 1 && len == 32;
+    EVP_MD_CTX_free(ctx);
+    return ok ? 0 : KB_ENOMEM;
 }

@@ -435,6 +435,10 @@ int  gw__hex_digit(char ch);
 /* Append v[0..n) percent-encoded (%XX, upper case): letters, digits,
  * "-._~" and the characters in keep stay as they are. */
 int  gw__pct_encode(kb_buf *out, const char *v, size_t n, const char *keep);
+/* SHA-256 of parts[0..n) concatenated (the algorithm is fetched once).
+ * 0 or KB_ENOMEM.  Any thread. */
+int  gw__sha256(const void *const *parts, const size_t *lens, size_t n,
+                unsigned char out[32]);
 
 /* table.c --------------------------------------------------------------- */
 

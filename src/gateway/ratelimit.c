@@ -451,20 +451,14 @@ static void
 scope_digest(unsigned char out[16], const char *a, const char *b,
              const char *c3)
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    const void *parts[3] = { a, b, c3 };
+    size_t lens[3] = { strlen(a) + 1, strlen(b) + 1,
+                       c3 != NULL ? strlen(c3) + 1 : 0 };
+    unsigned char md[32];
 
     memset(out, 0, 16);
-    if (ctx == NULL)
-        return;
-    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
-        EVP_DigestUpdate(ctx, a, strlen(a) + 1) == 1 &&
-        EVP_DigestUpdate(ctx, b, strlen(b) + 1) == 1 &&
-        (c3 == NULL || EVP_DigestUpdate(ctx, c3, strlen(c3) + 1) == 1) &&
-        EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 16)
+    if (gw__sha256(parts, lens, c3 != NULL ? 3 : 2, md) == 0)
         memcpy(out, md, 16);
-    EVP_MD_CTX_free(ctx);
 }
 
 typedef enum { RF_REQUESTS, RF_PERIOD, RF_BURST, RF_KEY } rl_field;
