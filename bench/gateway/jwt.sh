@@ -73,8 +73,8 @@ echo "| round | plain req/s | JWT req/s | plain p50 / p99 ms | JWT p50 / p99 ms 
 echo "|---|---|---|---|---|---|---|"
 pr="" jr=""
 for round in $(seq "$ROUNDS"); do
-    warm "$url/plain"
-    wrk_run "$url/plain"
+    warm "$url/plain" -H "Authorization: Bearer $token"
+    wrk_run "$url/plain" -H "Authorization: Bearer $token"
     p_rps=$R_RPS p_50=$R_P50 p_99=$R_P99 p_bad=$R_BAD
     warm "$url/hello" -H "Authorization: Bearer $token"
     wrk_run "$url/hello" -H "Authorization: Bearer $token"
