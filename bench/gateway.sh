@@ -1,5 +1,5 @@
 #!/bin/bash
-# gateway.sh - kiban's gateway benchmarks (issue 3), run by `make bench`.
+# gateway.sh - kiban's gateway benchmarks, run by `make bench`.
 #
 # Runs the scenarios in bench/gateway/ one after another, each with its own
 # fresh instances on 127.0.0.1 random ports (configs generated into a temp
@@ -10,7 +10,8 @@
 #   bench/gateway.sh [BUILD_DIR] [SCENARIO…]     (default: all, in order)
 #   DURATION=10 CONNECTIONS=50 THREADS=1 ROUNDS=3 bench/gateway.sh build plain
 #
-# Scenarios: plain (kiban/nginx/HAProxy), jwt, cache, aggregate, idle
+# Scenarios: plain (kiban/nginx/HAProxy), budget (the same, each proxy
+# limited to the same CPU), jwt, cache, aggregate, idle
 # (memory with 10,000 idle connections), h2.  The report goes to stdout and
 # to $BENCH_OUT (default BUILD_DIR/bench-gateway.md).
 set -u
@@ -18,7 +19,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-build}
 [ $# -gt 0 ] && shift
-scenarios=${*:-plain jwt cache aggregate idle h2}
+scenarios=${*:-plain budget jwt cache aggregate idle h2}
 build=$(cd "$build" && pwd) || { echo "gateway.sh: no build dir" >&2; exit 1; }
 [ -x "$build/kiban" ] && [ -x "$build/kiban-hello" ] ||
     { echo "gateway.sh: $build has no kiban / kiban-hello (make build)" >&2; exit 1; }

@@ -125,7 +125,7 @@ kiban_apply() {
 
 # ---- peers -------------------------------------------------------------------
 
-# start_nginx BACKEND_PORT [h2] → NGINX_PORT NGINX_PIDS (master, worker)
+# start_nginx BACKEND_PORT [h2] → NGINX_PORT NGINX_MASTER (its worker is a child)
 start_nginx() {
     local dir="$BENCH_WORK/nginx.$1${2:+.$2}" listen_opt=""
     [ "${2:-}" = h2 ] && listen_opt=" http2"
