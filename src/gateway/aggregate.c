@@ -487,6 +487,8 @@ forwarded(const char *name, const char *connection, bool body)
     for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
         if (strcasecmp(name, drop[i]) == 0)
             return false;
+    if (gw__auth_header_reserved(name))  /* only the gateway says who */
+        return false;
     if (!body && strcasecmp(name, "Content-Type") == 0)
         return false;
     return !gw__hop_by_hop(name, connection);

@@ -149,7 +149,10 @@ class AggregateTest(ServerTest):
     def test_parallel_merge(self):
         self.get("/home/0?limit=1")          # warm the connection pools
         t0 = time.monotonic()
-        r = self.get("/home/7?limit=5", {"Authorization": "Bearer abc"})
+        r = self.get("/home/7?limit=5", {
+            "Authorization": "Bearer abc",
+            "X-Apigateway-Api-Userinfo": "eyJzdWIiOiJhZG1pbiJ9",   # forged
+            "X-Forwarded-Authorization": "Bearer forged"})
         took = time.monotonic() - t0
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.header("Content-Type"), "application/json")
@@ -167,6 +170,9 @@ class AggregateTest(ServerTest):
         rid = r.header("X-Request-Id")
         for b in (self.users, self.orders, self.feed):
             self.assertEqual(b.seen[-1].get("X-Request-Id"), rid)
+            # only the gateway may say who the caller is
+            self.assertNotIn("X-Apigateway-Api-Userinfo", b.seen[-1])
+            self.assertNotIn("X-Forwarded-Authorization", b.seen[-1])
         # values are percent-encoded: they cannot add segments or params
         r = self.get("/home/a%2Fb?limit=1%262")
         self.assertEqual(r.status, 200, r)
