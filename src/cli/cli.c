@@ -296,7 +296,7 @@ help_main(FILE *out)
                  "Usage: kiban VERB [ARGUMENTS] [FLAGS]\n\nVerbs:\n");
     for (const kb_cli_verb *v = kb_cli__verbs; v->name != NULL; v++)
         if (!v->hidden)
-            fprintf(out, "  %-9s %s\n", v->name, v->summary);
+            fprintf(out, "  %-12s %s\n", v->name, v->summary);
     fprintf(out, "\nKinds:");
     for (const kb_kind *const *k = kb_kinds; *k != NULL; k++)
         fprintf(out, "%s %s (%s)", k == kb_kinds ? "" : ",", (*k)->kind,

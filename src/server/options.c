@@ -347,13 +347,13 @@ kb_server_options_usage(kb_buf *out)
     int rc = kb_buf_appends(out,
         "usage: kiban server [flags]\n\n"
         "Runs every kiban plane in one process.\n\nflags:\n"
-        "  --config FILE          settings file (YAML or JSON; keys as the "
+        "  --config FILE                  settings file (YAML or JSON; keys as the "
         "flags with '_')\n");
 
     for (size_t i = 0; i < NOPTS && rc == 0; i++) {
         char left[40];
         snprintf(left, sizeof(left), "--%s VALUE", opt_table[i].flag);
-        rc = kb_buf_appendf(out, "  %-22s %s", left, opt_table[i].help);
+        rc = kb_buf_appendf(out, "  %-30s %s", left, opt_table[i].help);
         if (rc == 0 && opt_table[i].def != NULL)
             rc = kb_buf_appendf(out, " (default %s)", opt_table[i].def);
         if (rc == 0)
