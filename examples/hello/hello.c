@@ -240,6 +240,7 @@ process(struct conn *c)
         if (version == NULL || strncmp(version, "HTTP/1.", 7) != 0)
             goto bad;
         int keep_alive = strcmp(version, "HTTP/1.1") == 0;
+        path[strcspn(path, "?")] = '\0';   /* routes ignore the query */
 
         struct header h[MAX_HEADERS];
         int nh = 0;
