@@ -105,8 +105,13 @@ kb_http_reason(int status)
 const char *
 kb_http_req_header(const kb_http_req *req, const char *name)
 {
+    unsigned char first = (unsigned char)(name[0] | 0x20);
+
+    /* a cheap first-letter test before the full comparison: this runs
+     * for several names on every proxied request */
     for (size_t i = 0; i < req->nheaders; i++)
-        if (strcasecmp(req->headers[i].name, name) == 0)
+        if (((unsigned char)req->headers[i].name[0] | 0x20) == first &&
+            strcasecmp(req->headers[i].name, name) == 0)
             return req->headers[i].value;
     return NULL;
 }

@@ -86,18 +86,35 @@ kb_http__date(kb_http_server *srv)
     return srv->date;
 }
 
+/* RFC 9110 token characters: digits, letters, !#$%&'*+-.^_`|~ */
+static const bool tchar[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
+    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1,
+    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
+    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1,
+    ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1,
+    ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1,
+    ['`'] = 1, ['|'] = 1, ['~'] = 1,
+};
+
 /* A header a handler may send: token name, value without CR/LF/NUL. */
 bool
 kb_http__header_ok(const kb_http_header *h)
 {
-    static const char tchars[] = "!#$%&'*+-.^_`|~";
     const unsigned char *p;
 
     if (h->name == NULL || h->value == NULL || h->name[0] == '\0')
         return false;
     for (p = (const unsigned char *)h->name; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || ((*p | 0x20) >= 'a' &&
-              (*p | 0x20) <= 'z') || strchr(tchars, *p) != NULL))
+        if (!tchar[*p])
             return false;
     for (p = (const unsigned char *)h->value; *p; p++)
         if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
@@ -109,10 +126,13 @@ kb_http__header_ok(const kb_http_header *h)
 bool
 kb_http__header_reserved(const char *name)
 {
-    return strcasecmp(name, "content-length") == 0 ||
-           strcasecmp(name, "transfer-encoding") == 0 ||
-           strcasecmp(name, "connection") == 0 ||
-           strcasecmp(name, "date") == 0;
+    switch (strlen(name)) {
+    case 4:  return strcasecmp(name, "date") == 0;
+    case 10: return strcasecmp(name, "connection") == 0;
+    case 14: return strcasecmp(name, "content-length") == 0;
+    case 17: return strcasecmp(name, "transfer-encoding") == 0;
+    default: return false;
+    }
 }
 
 /* ---- metrics ------------------------------------------------------------ */
@@ -400,27 +420,44 @@ kb_http__head_length(const kb_http_header *hdrs, size_t nh)
  * Build a response head in the request pool.  framing: the Content-Length
  * value, or -1 for chunked, or -2 for none (read until close / no body).
  */
+/* Append n bytes of s at out + *at. */
+static void
+put(char *out, size_t *at, const char *s, size_t n)
+{
+    memcpy(out + *at, s, n);
+    *at += n;
+}
+
+#define PUT_LIT(out, at, lit) put(out, at, lit, sizeof(lit) - 1)
+
 char *
 kb_http__build_head(srv_req *r, int status, const kb_http_header *hdrs,
                     size_t nh, long long framing, bool keepalive,
                     size_t *len)
 {
     kb_http_server *srv = r->pub.server;
-    size_t cap = 256, n = 0;
-    char *out;
-    int w;
+    const char *reason = kb_http_reason(status), *date = kb_http__date(srv);
+    size_t cap = 128 + strlen(reason) + strlen(date), n = 0;
+    char *out, num[24];
 
     for (size_t i = 0; i < nh; i++)
-        if (kb_http__header_ok(&hdrs[i]))
-            cap += strlen(hdrs[i].name) + strlen(hdrs[i].value) + 4;
+        cap += strlen(hdrs[i].name) + strlen(hdrs[i].value) + 4;
     out = kb_pool_alloc(r->pub.pool, cap);
     if (out == NULL)
         return NULL;
-    w = snprintf(out, cap, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status,
-                 kb_http_reason(status), kb_http__date(srv));
-    n = (size_t)w;
+    if (status < 100 || status > 999)
+        status = 500;
+    PUT_LIT(out, &n, "HTTP/1.1 ");
+    num[0] = (char)('0' + status / 100);
+    num[1] = (char)('0' + status / 10 % 10);
+    num[2] = (char)('0' + status % 10);
+    num[3] = ' ';
+    put(out, &n, num, 4);
+    put(out, &n, reason, strlen(reason));
+    PUT_LIT(out, &n, "\r\nDate: ");
+    put(out, &n, date, strlen(date));
+    PUT_LIT(out, &n, "\r\n");
     for (size_t i = 0; i < nh; i++) {
-        size_t a, b;
         if (!kb_http__header_ok(&hdrs[i])) {
             kb_log_warn("http: dropped invalid response header", "{s:s}",
                         "listener", srv->name);
@@ -428,28 +465,29 @@ kb_http__build_head(srv_req *r, int status, const kb_http_header *hdrs,
         }
         if (kb_http__header_reserved(hdrs[i].name))
             continue;
-        a = strlen(hdrs[i].name);
-        b = strlen(hdrs[i].value);
-        memcpy(out + n, hdrs[i].name, a);
-        n += a;
-        out[n++] = ':';
-        out[n++] = ' ';
-        memcpy(out + n, hdrs[i].value, b);
-        n += b;
-        out[n++] = '\r';
-        out[n++] = '\n';
+        put(out, &n, hdrs[i].name, strlen(hdrs[i].name));
+        PUT_LIT(out, &n, ": ");
+        put(out, &n, hdrs[i].value, strlen(hdrs[i].value));
+        PUT_LIT(out, &n, "\r\n");
     }
-    if (framing >= 0)
-        n += (size_t)snprintf(out + n, cap - n, "Content-Length: %lld\r\n",
-                              framing);
-    else if (framing == -1)
-        n += (size_t)snprintf(out + n, cap - n, "Transfer-Encoding: chunked\r\n");
+    if (framing >= 0) {
+        /* digits by hand: this runs once per response */
+        char *e = num + sizeof(num), *d = e;
+        unsigned long long v = (unsigned long long)framing;
+        do
+            *--d = (char)('0' + v % 10);
+        while ((v /= 10) != 0);
+        PUT_LIT(out, &n, "Content-Length: ");
+        put(out, &n, d, (size_t)(e - d));
+        PUT_LIT(out, &n, "\r\n");
+    } else if (framing == -1) {
+        PUT_LIT(out, &n, "Transfer-Encoding: chunked\r\n");
+    }
     if (!keepalive)
-        n += (size_t)snprintf(out + n, cap - n, "Connection: close\r\n");
+        PUT_LIT(out, &n, "Connection: close\r\n");
     else if (r->pub.version_minor == 0)
-        n += (size_t)snprintf(out + n, cap - n, "Connection: keep-alive\r\n");
-    out[n++] = '\r';
-    out[n++] = '\n';
+        PUT_LIT(out, &n, "Connection: keep-alive\r\n");
+    PUT_LIT(out, &n, "\r\n");
     *len = n;
     return out;
 }
