@@ -876,76 +876,6 @@ on_deadline(uv_timer_t *t)
     call_finish(t->data, KB_ETIMEDOUT, NULL);
 }
 
-/* RFC 9110 tchar, for the ASCII range (the rest is 0). */
-static const unsigned char tchar[128] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
-    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
-};
-
-/* Length of s when it is a token, else 0. */
-static size_t
-token_len(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-
-    if (p == NULL)
-        return 0;
-    for (; *p != '\0'; p++)
-        if (*p >= 128 || !tchar[*p])
-            return 0;
-    return (size_t)(p - (const unsigned char *)s);
-}
-
-#define ONES  0x0101010101010101ull
-#define HIGHS 0x8080808080808080ull
-
-/* Whether any of the 8 bytes in x is below 0x20 or is 0x7f (exact). */
-static inline bool
-word_has_ctl(uint64_t x)
-{
-    uint64_t y = x ^ (0x7f * ONES);
-
-    return (((x - 0x20 * ONES) & ~x) | ((y - ONES) & ~y)) & HIGHS;
-}
-
-/* Length of a field value without CTLs (HT allowed), or SIZE_MAX.  Eight
- * bytes at a time; a word with a control byte is looked at bytewise. */
-static size_t
-value_len(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s), i = 0;
-
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x;
-        memcpy(&x, p + i, 8);
-        if (word_has_ctl(x))
-            break;
-    }
-    for (; i < n; i++)
-        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
-            return SIZE_MAX;
-    return n;
-}
-
-/* Visible ASCII only (request target, host). */
-static bool
-is_visible(const char *s)
-{
-    if (s == NULL || *s == '\0')
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (*p <= 0x20 || *p >= 0x7f)
-            return false;
-    return true;
-}
-
 /* Case-insensitive: name (n bytes) equals the lower-case literal. */
 static bool
 name_is(const char *name, size_t n, const char *lit, size_t litlen)
@@ -1018,10 +948,10 @@ build_request(kb_buf *out, const kb_http_client_req *req)
     total = mlen + 1 + tlen + sizeof(" HTTP/1.1\r\n") - 1;
     for (size_t i = 0; i < req->nheaders; i++) {
         const kb_http_header *h = &req->headers[i];
-        size_t nlen = token_len(h->name), vlen;
+        size_t nlen = kb_http_token_len(h->name), vlen;
         int kind;
         if (nlen == 0 || h->value == NULL ||
-            (vlen = value_len(h->value)) == SIZE_MAX)
+            (vlen = kb_http_value_len(h->value)) == SIZE_MAX)
             return KB_EINVAL;
         kind = header_kind(h->name, nlen);
         if (kind < 0)
@@ -1093,8 +1023,8 @@ kb_http_client_send(kb_http_client *c, const kb_http_client_req *req,
 
     if (c->destroying)
         return KB_ECANCELED;
-    if (req == NULL || cb == NULL || token_len(req->method) == 0 ||
-        !is_visible(req->target) || !is_visible(req->host) ||
+    if (req == NULL || cb == NULL || kb_http_token_len(req->method) == 0 ||
+        !kb_http_visible(req->target) || !kb_http_visible(req->host) ||
         strchr(req->host, '/') != NULL || req->port <= 0 ||
         req->port > 65535 || (req->body_len > 0 && req->body == NULL) ||
         req->body_len > INT32_MAX / 2)

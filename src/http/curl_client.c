@@ -10,6 +10,7 @@
  * HTTP/2 connections) and a share handle keeps TLS sessions and DNS.
  */
 #include "http/curl_client.h"
+#include "http/parser.h"
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -284,14 +285,6 @@ is_ows(char ch)
     return ch == ' ' || ch == '\t';
 }
 
-static bool
-is_tchar(unsigned char ch)
-{
-    return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' &&
-           (ch | 0x20) <= 'z') || (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch)
-           != NULL);
-}
-
 /* Add "name: value" (CRLF already stripped).  KB_EPARSE, KB_ETOOBIG. */
 static int
 fields_add(field_list *f, const char *line, size_t len)
@@ -304,7 +297,7 @@ fields_add(field_list *f, const char *line, size_t len)
     if (colon == NULL || colon == line)
         return KB_EPARSE;
     for (const char *p = line; p < colon; p++)
-        if (!is_tchar((unsigned char)*p))
+        if (!kb_http_is_tchar((unsigned char)*p))
             return KB_EPARSE;
     for (v = colon + 1; v < end && is_ows(*v); v++)
         ;
@@ -601,38 +594,6 @@ check_done(kb_curl_client *c)
 
 /* ---- starting a call ----------------------------------------------------- */
 
-static bool
-is_token(const char *s)
-{
-    if (s == NULL || *s == '\0')
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (!is_tchar(*p))
-            return false;
-    return true;
-}
-
-/* Visible ASCII only (request target, host). */
-static bool
-is_visible(const char *s)
-{
-    if (s == NULL || *s == '\0')
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (*p <= 0x20 || *p >= 0x7f)
-            return false;
-    return true;
-}
-
-static bool
-value_ok(const char *s)
-{
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
-            return false;
-    return true;
-}
-
 /* Header names we never pass: curl frames the message itself, and
  * HTTP/2 forbids connection-specific fields. */
 static bool
@@ -683,7 +644,7 @@ build_headers(kb_curl_call *call, const kb_http_client_req *req)
     for (size_t i = 0; rc == 0 && i < req->nheaders; i++) {
         const kb_http_header *h = &req->headers[i];
 
-        if (!is_token(h->name) || h->value == NULL || !value_ok(h->value)) {
+        if (kb_http_token_len(h->name) == 0 || h->value == NULL || kb_http_value_len(h->value) == SIZE_MAX) {
             rc = KB_EINVAL;
             break;
         }
@@ -829,9 +790,9 @@ kb_curl_client_send(kb_curl_client *c, const kb_http_client_req *req,
 
     if (c == NULL || c->closing)
         return KB_ECANCELED;
-    if (req == NULL || cb == NULL || !is_token(req->method) ||
-        !is_visible(req->target) || req->target[0] != '/' ||
-        strlen(req->target) > MAX_TARGET || !is_visible(req->host) ||
+    if (req == NULL || cb == NULL || kb_http_token_len(req->method) == 0 ||
+        !kb_http_visible(req->target) || req->target[0] != '/' ||
+        strlen(req->target) > MAX_TARGET || !kb_http_visible(req->host) ||
         strchr(req->host, '/') != NULL || strchr(req->host, '@') != NULL ||
         req->port <= 0 || req->port > 65535 ||
         (req->body_len > 0 && req->body == NULL) ||

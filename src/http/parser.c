@@ -8,6 +8,7 @@
 #include "http/parser.h"
 #include "core/err.h"
 
+#include <stdint.h>
 #include <string.h>
 
 /* Character classes (one table, bit per class). */
@@ -237,6 +238,46 @@ value_scan(const char *p, const char *end)
     while (p < end && IS(*p, C_VALUE))
         p++;
     return p;
+}
+
+bool
+kb_http_is_tchar(unsigned char c)
+{
+    return IS(c, C_TCHAR);
+}
+
+size_t
+kb_http_token_len(const char *s)
+{
+    const char *p = s;
+
+    if (s == NULL)
+        return 0;
+    while (IS(*p, C_TCHAR))
+        p++;
+    return *p == '\0' ? (size_t)(p - s) : 0;
+}
+
+size_t
+kb_http_value_len(const char *s)
+{
+    size_t n;
+
+    if (s == NULL)
+        return SIZE_MAX;
+    n = strlen(s);
+    return value_scan(s, s + n) == s + n ? n : SIZE_MAX;
+}
+
+bool
+kb_http_visible(const char *s)
+{
+    if (s == NULL || *s == '\0')
+        return false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p <= 0x20 || *p >= 0x7f)
+            return false;
+    return true;
 }
 
 /* One field line (without CRLF): name ":" OWS value OWS. */

@@ -97,6 +97,21 @@ typedef struct kb_http_head {
 } kb_http_head;
 
 /*
+ * Syntax checks for what we send (server answers, upstream requests), by
+ * the same rules and tables the parser applies to what we receive.
+ *   kb_http_is_tchar    an RFC 9110 token character
+ *   kb_http_token_len   strlen(s) when s is a non-empty token, else 0
+ *   kb_http_value_len   strlen(s) when s is a valid field value (no
+ *                       control byte but HT, no DEL), else SIZE_MAX
+ *   kb_http_visible     s is non-empty visible ASCII (targets, hosts)
+ * NULL is never valid.
+ */
+bool   kb_http_is_tchar(unsigned char c);
+size_t kb_http_token_len(const char *s);
+size_t kb_http_value_len(const char *s);
+bool   kb_http_visible(const char *s);
+
+/*
  * Prepare `h` for a new message.  `fields`/`cap` is where header fields go
  * (the smaller of cap and limits->max_headers bounds the count, 431 past
  * it; fields may be NULL to validate without keeping fields).

@@ -86,40 +86,12 @@ kb_http__date(kb_http_server *srv)
     return srv->date;
 }
 
-/* RFC 9110 token characters: digits, letters, !#$%&'*+-.^_`|~ */
-static const bool tchar[256] = {
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
-    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
-    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1,
-    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
-    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
-    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1,
-    ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
-    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1,
-    ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1,
-    ['`'] = 1, ['|'] = 1, ['~'] = 1,
-};
-
 /* A header a handler may send: token name, value without CR/LF/NUL. */
 bool
 kb_http__header_ok(const kb_http_header *h)
 {
-    const unsigned char *p;
-
-    if (h->name == NULL || h->value == NULL || h->name[0] == '\0')
-        return false;
-    for (p = (const unsigned char *)h->name; *p; p++)
-        if (!tchar[*p])
-            return false;
-    for (p = (const unsigned char *)h->value; *p; p++)
-        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
-            return false;
-    return true;
+    return kb_http_token_len(h->name) > 0 &&
+           kb_http_value_len(h->value) != SIZE_MAX;
 }
 
 /* Headers the server owns and drops from a handler's list. */
