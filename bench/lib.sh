@@ -230,6 +230,23 @@ wrk_run() {
     R_RPS=$1 R_P50=$2 R_P99=$3 R_BAD=$4
 }
 
+# round_three PATH: one round of warm-up + wrk against kiban, nginx and
+# HAProxy in turn → ${who}_rps ${who}_p50 ${who}_p99 ${who}_bad for
+# who = kiban, nginx, haproxy
+round_three() {
+    local who port
+    for who in kiban nginx haproxy; do
+        case $who in
+        kiban) port=$KIBAN_PORT ;;
+        nginx) port=$NGINX_PORT ;;
+        haproxy) port=$HAPROXY_PORT ;;
+        esac
+        warm "http://127.0.0.1:$port$1"
+        wrk_run "http://127.0.0.1:$port$1"
+        eval "${who}_rps=\$R_RPS ${who}_p50=\$R_P50 ${who}_p99=\$R_P99 ${who}_bad=\$R_BAD"
+    done
+}
+
 # warm URL [WRK ARGS…]
 warm() {
     local url=$1

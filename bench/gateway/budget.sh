@@ -55,16 +55,7 @@ echo "| round | kiban req/s | nginx req/s | HAProxy req/s |"
 echo "|---|---|---|---|"
 kr="" nr="" hr=""
 for round in $(seq "$ROUNDS"); do
-    for who in kiban nginx haproxy; do
-        case $who in
-        kiban) port=$KIBAN_PORT ;;
-        nginx) port=$NGINX_PORT ;;
-        haproxy) port=$HAPROXY_PORT ;;
-        esac
-        warm "http://127.0.0.1:$port/hello"
-        wrk_run "http://127.0.0.1:$port/hello"
-        eval "${who}_rps=\$R_RPS"
-    done
+    round_three /hello
     echo "| $round | $(fmt_int "$kiban_rps") | $(fmt_int "$nginx_rps") | $(fmt_int "$haproxy_rps") |"
     kr="$kr $kiban_rps" nr="$nr $nginx_rps" hr="$hr $haproxy_rps"
 done

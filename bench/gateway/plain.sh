@@ -32,16 +32,7 @@ echo "| round | kiban req/s | nginx req/s | HAProxy req/s | kiban p50 / p99 ms |
 echo "|---|---|---|---|---|---|---|---|"
 kr="" nr="" hr="" k50="" n50="" h50="" k99="" n99="" h99=""
 for round in $(seq "$ROUNDS"); do
-    for who in kiban nginx haproxy; do
-        case $who in
-        kiban) port=$KIBAN_PORT ;;
-        nginx) port=$NGINX_PORT ;;
-        haproxy) port=$HAPROXY_PORT ;;
-        esac
-        warm "http://127.0.0.1:$port/hello"
-        wrk_run "http://127.0.0.1:$port/hello"
-        eval "${who}_rps=\$R_RPS ${who}_p50=\$R_P50 ${who}_p99=\$R_P99 ${who}_bad=\$R_BAD"
-    done
+    round_three /hello
     echo "| $round | $(fmt_int "$kiban_rps") | $(fmt_int "$nginx_rps") | $(fmt_int "$haproxy_rps") | $kiban_p50 / $kiban_p99 | $nginx_p50 / $nginx_p99 | $haproxy_p50 / $haproxy_p99 | $kiban_bad/$nginx_bad/$haproxy_bad |"
     kr="$kr $kiban_rps" nr="$nr $nginx_rps" hr="$hr $haproxy_rps"
     k50="$k50 $kiban_p50" n50="$n50 $nginx_p50" h50="$h50 $haproxy_p50"
