@@ -23,6 +23,8 @@
 #define KB_ECANCELED   (-ECANCELED)
 #define KB_EBUSY       (-EBUSY)
 #define KB_EUNAVAIL    (-EHOSTUNREACH) /* nothing available to serve it */
+#define KB_EPRECOND    (-EPERM)       /* a precondition of the call does not
+                                        hold (FAILED_PRECONDITION) */
 
 /* Text for an error code (positive or negative).  Never NULL. */
 const char *kb_strerror(int err);

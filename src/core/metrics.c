@@ -22,6 +22,7 @@ typedef enum { M_COUNTER, M_GAUGE, M_HISTOGRAM } metric_type;
 typedef struct metric {
     struct metric *next;           /* next series in the family */
     char *labels;
+    size_t refs;                   /* gets not yet dropped (reg_lock) */
     _Atomic uint64_t value;        /* counter value, or gauge double bits */
     /* histograms */
     size_t nbuckets;
@@ -106,12 +107,15 @@ lookup(const char *name, const char *help, const char *labels,
         families_tail = &f->next;
     }
     for (m = f->series; m != NULL; m = m->next)
-        if (strcmp(m->labels, labels) == 0)
+        if (strcmp(m->labels, labels) == 0) {
+            m->refs++;
             goto out;
+        }
 
     m = calloc(1, sizeof(*m));
     if (m == NULL)
         goto out;
+    m->refs = 1;
     m->labels = strdup(labels);
     if (m->labels == NULL)
         goto out_free_m;
@@ -355,6 +359,38 @@ kb_metrics_render(kb_buf *out)
     return rc == 0 ? 0 : KB_ETOOBIG;
 }
 
+static void
+metric_free(metric *m)
+{
+    free(m->labels);
+    free(m->bounds);
+    free((void *)m->counts);
+    free(m);
+}
+
+void
+kb_metrics_drop(const void *series)
+{
+    metric *target = (metric *)series;
+
+    if (target == NULL)
+        return;
+    pthread_mutex_lock(&reg_lock);
+    for (family *f = families; f != NULL; f = f->next) {
+        for (metric **pp = &f->series; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp != target)
+                continue;
+            if (--target->refs == 0) {
+                *pp = target->next;
+                metric_free(target);
+            }
+            pthread_mutex_unlock(&reg_lock);
+            return;
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+}
+
 void
 kb_metrics_reset(void)
 {
@@ -366,10 +402,7 @@ kb_metrics_reset(void)
         fn = f->next;
         for (m = f->series; m != NULL; m = mn) {
             mn = m->next;
-            free(m->labels);
-            free(m->bounds);
-            free((void *)m->counts);
-            free(m);
+            metric_free(m);
         }
         free(f->name);
         free(f->help);

@@ -48,6 +48,10 @@ uint64_t kb_histogram_count(const kb_histogram *h);
 /* Append the exposition text (format 0.0.4) of every registered metric plus
  * the standard process_* metrics to `out`.  0, KB_ETOOBIG or KB_ENOMEM. */
 int  kb_metrics_render(kb_buf *out);
+/* Give back one get of a series (a counter, gauge or histogram): a series
+ * every getter has given back leaves the exposition.  For series of things
+ * that go away (a deleted revision).  NULL is ignored. */
+void kb_metrics_drop(const void *series);
 /* Escape a label value (\\, \", \n) into out.  0 or buffer errors. */
 int  kb_metrics_label_escape(kb_buf *out, const char *value);
 /* Drop every metric (unit tests only: pointers held elsewhere dangle). */
