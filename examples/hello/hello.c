@@ -12,8 +12,15 @@
  *                        lower case; repeated headers joined with ", ")
  *   POST /echo           the request body, as sent
  *   GET  /crash          exit(3) at once (tests use it to check restarts)
+ *   GET  /sleep/{ms}     answer after ms milliseconds (≤ 60 s); the whole
+ *                        process waits meanwhile (tests use it to keep a
+ *                        request in flight)
+ *   GET  /health/fail    /healthz answers 503 from now on (probe tests)
+ *   GET  /health/ok      /healthz answers 200 again
  *
- * Environment: PORT (required), K_SERVICE (set by kiban), GREETING.
+ * Environment: PORT (required), K_SERVICE and K_REVISION (set by kiban),
+ * GREETING, HELLO_START_DELAY_MS (wait this long before listening: a slow
+ * start).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE             /* memmem, accept4 */
@@ -30,6 +37,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_CONNS    1024
@@ -51,6 +59,8 @@ struct header { char *name, *value; };
 static volatile sig_atomic_t stopping;
 static const char *service_name = "hello";
 static const char *greeting = "Hello from kiban!";
+static const char *revision = "";
+static int unhealthy;
 static struct conn *conns[MAX_CONNS];
 
 static void
@@ -159,6 +169,8 @@ handle(struct conn *c, const char *method, const char *path,
         str_json(&s, greeting, strlen(greeting));
         str_add(&s, ",\"service\":", 11);
         str_json(&s, service_name, strlen(service_name));
+        str_add(&s, ",\"revision\":", 12);
+        str_json(&s, revision, strlen(revision));
         str_addf(&s, ",\"pid\":%ld}", (long)getpid());
     } else if (get && strncmp(path, "/hello/", 7) == 0 && path[7] != '\0'
                && strchr(path + 7, '/') == NULL) {
@@ -168,8 +180,28 @@ handle(struct conn *c, const char *method, const char *path,
         str_json(&s, msg, n < (int)sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
         str_add(&s, "}", 1);
     } else if (get && strcmp(path, "/healthz") == 0) {
+        if (unhealthy)
+            respond(c, 503, "text/plain", "unhealthy\n", 10);
+        else
+            respond(c, 200, "text/plain", "ok\n", 3);
+        return;
+    } else if (get && (strcmp(path, "/health/fail") == 0
+                       || strcmp(path, "/health/ok") == 0)) {
+        unhealthy = path[8] == 'f';
+        fprintf(stderr, "kiban-hello: health set to %s\n",
+                unhealthy ? "failing" : "ok");
         respond(c, 200, "text/plain", "ok\n", 3);
         return;
+    } else if (get && strncmp(path, "/sleep/", 7) == 0) {
+        long ms = strtol(path + 7, NULL, 10);
+        struct timespec ts;
+        if (ms < 0 || ms > 60000)
+            ms = 0;
+        ts.tv_sec = ms / 1000;
+        ts.tv_nsec = (ms % 1000) * 1000000L;
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+        str_addf(&s, "{\"slept\":%ld,\"pid\":%ld}", ms, (long)getpid());
     } else if (get && strcmp(path, "/headers") == 0) {
         str_add(&s, "{", 1);
         for (int i = 0; i < nh; i++) {
@@ -344,6 +376,15 @@ main(void)
         service_name = getenv("K_SERVICE");
     if (getenv("GREETING") != NULL)
         greeting = getenv("GREETING");
+    if (getenv("K_REVISION") != NULL)
+        revision = getenv("K_REVISION");
+    const char *delay = getenv("HELLO_START_DELAY_MS");
+    if (delay != NULL && strtol(delay, NULL, 10) > 0) {
+        long ms = strtol(delay, NULL, 10) % 600000;
+        struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+    }
 
     struct sigaction sa = { .sa_handler = on_signal };  /* no SA_RESTART */
     sigaction(SIGTERM, &sa, NULL);

@@ -1,17 +1,17 @@
 /*
- * runtime.c - services as sets of supervised local processes (runtime.h):
- * spec validation, apply/reconcile, endpoint selection, status, shutdown,
- * and reaping the process groups a killed server left behind.  Each
- * instance's life (spawn, probe, backoff, stop) is in supervisor.c; the
- * per-instance supervisor process is shim.c.
+ * runtime.c - services as sequences of immutable revisions (runtime.h):
+ * applying a stored Service document (its revisions, traffic split and
+ * tags), status, removal, shutdown, and reaping the process groups a
+ * killed server left behind.  Routing requests and scaling is scale.c;
+ * running one instance is the executor's (supervisor.c and shim.c).
  */
 #include "runtime/runtime_int.h"
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +20,9 @@
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/time.h"
+#include "runtime/limits.h"
+#include "runtime/logs.h"
 
 #define NAME_MAX_LEN 200        /* project and service names */
 
@@ -29,11 +32,6 @@ static const char *const inherited_env[] = {
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
 };
 #define DEFAULT_PATH "/usr/local/bin:/usr/bin:/bin"
-
-/* Set by kiban for every instance; a spec may not set them. */
-static const char *const reserved_env[] = {
-    "PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "KIBAN_PROJECT",
-};
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -53,243 +51,12 @@ set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* ---- validation: one table of spec fields ---- */
-
-typedef int (*field_check)(const json_t *v, char *err, size_t errlen);
-
-/* A JSON string without NULs, at most KB_RT_MAX_STRING bytes. */
-static bool
-good_string(const json_t *v)
-{
-    return json_is_string(v) && json_string_length(v) <= KB_RT_MAX_STRING
-           && strlen(json_string_value(v)) == json_string_length(v);
-}
-
-static int
-check_command(const json_t *v, char *err, size_t errlen)
-{
-    if (!good_string(v) || json_string_length(v) == 0) {
-        set_err(err, errlen, "command: must be a non-empty string "
-                "(at most %d bytes)", KB_RT_MAX_STRING);
-        return KB_EINVAL;
-    }
-    return 0;
-}
-
-static int
-check_args(const json_t *v, char *err, size_t errlen)
-{
-    size_t i;
-    const json_t *a;
-
-    if (!json_is_array(v) || json_array_size(v) > KB_RT_MAX_ARGS) {
-        set_err(err, errlen, "args: must be an array of at most %d strings",
-                KB_RT_MAX_ARGS);
-        return KB_EINVAL;
-    }
-    json_array_foreach(v, i, a) {
-        if (!good_string(a)) {
-            set_err(err, errlen, "args[%zu]: must be a string (at most %d "
-                    "bytes, no NUL)", i, KB_RT_MAX_STRING);
-            return KB_EINVAL;
-        }
-    }
-    return 0;
-}
-
-static bool
-env_name_ok(const char *k)
-{
-    if (!((*k >= 'A' && *k <= 'Z') || (*k >= 'a' && *k <= 'z') || *k == '_'))
-        return false;
-    for (k++; *k != '\0'; k++)
-        if (!((*k >= 'A' && *k <= 'Z') || (*k >= 'a' && *k <= 'z')
-              || (*k >= '0' && *k <= '9') || *k == '_'))
-            return false;
-    return true;
-}
-
-static int
-check_env(const json_t *v, char *err, size_t errlen)
-{
-    const char *k;
-    const json_t *val;
-
-    if (!json_is_object(v) || json_object_size(v) > KB_RT_MAX_ENV) {
-        set_err(err, errlen, "env: must be an object of at most %d strings",
-                KB_RT_MAX_ENV);
-        return KB_EINVAL;
-    }
-    json_object_foreach((json_t *)v, k, val) {
-        if (strlen(k) > 256 || !env_name_ok(k)) {
-            set_err(err, errlen, "env.%.64s: invalid name (want "
-                    "[A-Za-z_][A-Za-z0-9_]*, at most 256 bytes)", k);
-            return KB_EINVAL;
-        }
-        for (size_t i = 0; i < NELEM(reserved_env); i++) {
-            if (strcmp(k, reserved_env[i]) == 0) {
-                set_err(err, errlen, "env.%s: reserved, kiban sets it", k);
-                return KB_EINVAL;
-            }
-        }
-        if (!good_string(val)) {
-            set_err(err, errlen, "env.%s: must be a string (at most %d "
-                    "bytes, no NUL)", k, KB_RT_MAX_STRING);
-            return KB_EINVAL;
-        }
-    }
-    return 0;
-}
-
-static int
-check_instances(const json_t *v, char *err, size_t errlen)
-{
-    if (!json_is_integer(v) || json_integer_value(v) < 0
-        || json_integer_value(v) > KB_RT_MAX_INSTANCES) {
-        set_err(err, errlen, "instances: must be an integer from 0 to %d",
-                KB_RT_MAX_INSTANCES);
-        return KB_EINVAL;
-    }
-    return 0;
-}
-
-static const struct spec_field {
-    const char *name;
-    bool        required;
-    bool        template;       /* a change replaces the instances */
-    field_check check;
-} spec_fields[] = {
-    { "command",   true,  true,  check_command },
-    { "args",      false, true,  check_args },
-    { "env",       false, true,  check_env },
-    { "instances", false, false, check_instances },
-};
-
-int
-kb_runtime_validate(const json_t *spec, char *err, size_t errlen)
-{
-    const char *k;
-    const json_t *v;
-
-    if (!json_is_object(spec)) {
-        set_err(err, errlen, "spec: must be an object");
-        return KB_EINVAL;
-    }
-    json_object_foreach((json_t *)spec, k, v) {
-        size_t i = 0;
-        while (i < NELEM(spec_fields) && strcmp(spec_fields[i].name, k) != 0)
-            i++;
-        if (i == NELEM(spec_fields)) {
-            set_err(err, errlen, "%.64s: unknown field (known: command, "
-                    "args, env, instances)", k);
-            return KB_EINVAL;
-        }
-        int rc = spec_fields[i].check(v, err, errlen);
-        if (rc < 0)
-            return rc;
-    }
-    for (size_t i = 0; i < NELEM(spec_fields); i++) {
-        if (spec_fields[i].required
-            && json_object_get(spec, spec_fields[i].name) == NULL) {
-            set_err(err, errlen, "%s: required", spec_fields[i].name);
-            return KB_EINVAL;
-        }
-    }
-    return 0;
-}
-
-/* Do two specs run the same processes (all but the instance count)? */
-static bool
-same_template(const json_t *a, const json_t *b)
-{
-    for (size_t i = 0; i < NELEM(spec_fields); i++) {
-        if (!spec_fields[i].template)
-            continue;
-        const json_t *x = json_object_get(a, spec_fields[i].name);
-        const json_t *y = json_object_get(b, spec_fields[i].name);
-        if ((x == NULL) != (y == NULL) || (x != NULL && !json_equal(x, y)))
-            return false;
-    }
-    return true;
-}
-
 static void
 free_strv(char **v)
 {
     for (size_t i = 0; v != NULL && v[i] != NULL; i++)
         free(v[i]);
     free(v);
-}
-
-/* command + args as a NULL-terminated vector, env as "K=V" (validated
- * spec).  0 or KB_ENOMEM; on error nothing is allocated. */
-static int
-spec_parse(const json_t *spec, char ***argv_out, char ***env_out)
-{
-    const json_t *args = json_object_get(spec, "args");
-    const json_t *env = json_object_get(spec, "env");
-    size_t nargs = json_array_size(args), nenv = json_object_size(env), i;
-    char **argv = calloc(nargs + 2, sizeof(char *));
-    char **envv = calloc(nenv + 1, sizeof(char *));
-    const json_t *v;
-    const char *k;
-
-    if (argv == NULL || envv == NULL)
-        goto out_nomem;
-    if ((argv[0] = strdup(json_string_value(json_object_get(spec, "command"))))
-        == NULL)
-        goto out_nomem;
-    json_array_foreach(args, i, v) {
-        if ((argv[i + 1] = strdup(json_string_value(v))) == NULL)
-            goto out_nomem;
-    }
-    i = 0;
-    json_object_foreach((json_t *)env, k, v) {
-        kb_buf b = KB_BUF_INIT(KB_RT_MAX_STRING + 512);
-        if (kb_buf_appendf(&b, "%s=%s", k, json_string_value(v)) < 0
-            || (envv[i++] = kb_buf_detach(&b)) == NULL) {
-            kb_buf_free(&b);
-            goto out_nomem;
-        }
-    }
-    *argv_out = argv;
-    *env_out = envv;
-    return 0;
-
-out_nomem:
-    free_strv(argv);
-    free_strv(envv);
-    return KB_ENOMEM;
-}
-
-/* ---- services ---- */
-
-static rt_service *
-service_find(kb_runtime *rt, const char *project, const char *name)
-{
-    for (rt_service *s = rt->services; s != NULL; s = s->next)
-        if (strcmp(s->project, project) == 0 && strcmp(s->name, name) == 0)
-            return s;
-    return NULL;
-}
-
-static void rt_maybe_done(kb_runtime *rt);
-
-static void
-service_free(rt_service *svc)
-{
-    kb_runtime *rt = svc->rt;
-
-    json_decref(svc->spec);
-    free_strv(svc->argv);
-    free_strv(svc->env);
-    free(svc->project);
-    free(svc->name);
-    free(svc->label);
-    free(svc->parent);
-    free(svc);
-    rt->nservices--;
-    rt_maybe_done(rt);
 }
 
 static char *
@@ -311,6 +78,169 @@ strdupf(const char *fmt, ...)
     return kb_buf_detach(&b);
 }
 
+/* ---- revisions ---- */
+
+/* `service="P/S",revision="R"`; 0 or KB_ENOMEM. */
+static int
+rev_labels(kb_buf *b, const rt_revision *rev, const char *extra)
+{
+    if (kb_buf_appends(b, "service=\"") < 0
+        || kb_metrics_label_escape(b, rev->svc->label) < 0
+        || kb_buf_appends(b, "\",revision=\"") < 0
+        || kb_metrics_label_escape(b, rev->name) < 0
+        || kb_buf_appendc(b, '"') < 0
+        || (extra != NULL && kb_buf_appends(b, extra) < 0))
+        return KB_ENOMEM;
+    return 0;
+}
+
+static int
+rev_metrics(rt_revision *rev)
+{
+    static const char *const classes[6] = {
+        ",code=\"error\"", ",code=\"1xx\"", ",code=\"2xx\"", ",code=\"3xx\"",
+        ",code=\"4xx\"", ",code=\"5xx\"",
+    };
+    rt_rev_metrics *m = &rev->m;
+    kb_buf b = KB_BUF_INIT(4096);
+    int rc = 0;
+
+    for (size_t i = 0; i < 6 && rc == 0; i++) {
+        kb_buf_reset(&b);
+        if ((rc = rev_labels(&b, rev, classes[i])) == 0
+            && (m->requests[i] = kb_counter_get(
+                    "kiban_revision_requests_total",
+                    "Requests routed to a revision, by status class "
+                    "(error: no answer).", b.data)) == NULL)
+            rc = KB_ENOMEM;
+    }
+    kb_buf_reset(&b);
+    if (rc == 0 && (rc = rev_labels(&b, rev, NULL)) == 0) {
+        m->latency = kb_histogram_get("kiban_revision_request_duration_seconds",
+            "Time from picking an instance to the end of its answer.",
+            b.data, kb_metrics_latency_buckets, kb_metrics_latency_nbuckets);
+        m->inflight = kb_gauge_get("kiban_revision_inflight_requests",
+            "Requests an instance of the revision is working on.", b.data);
+        m->instances = kb_gauge_get("kiban_revision_instances_ready",
+            "Instances of the revision taking requests.", b.data);
+        m->cold_starts = kb_counter_get("kiban_revision_cold_starts_total",
+            "Instances started because a request found none with a free "
+            "slot.", b.data);
+        m->restarts = kb_counter_get("kiban_revision_restarts_total",
+            "Instance restarts after an exit or a failed probe.", b.data);
+        if (m->latency == NULL || m->inflight == NULL || m->instances == NULL
+            || m->cold_starts == NULL || m->restarts == NULL)
+            rc = KB_ENOMEM;
+    }
+    kb_buf_free(&b);
+    return rc;
+}
+
+static void
+rev_free(rt_revision *rev)
+{
+    for (size_t i = 0; i < 6; i++)
+        kb_metrics_drop(rev->m.requests[i]);
+    kb_metrics_drop(rev->m.latency);
+    kb_metrics_drop(rev->m.inflight);
+    kb_metrics_drop(rev->m.instances);
+    kb_metrics_drop(rev->m.cold_starts);
+    kb_metrics_drop(rev->m.restarts);
+    kb_rt_template_free(&rev->tpl);
+    json_decref(rev->template_json);
+    free(rev->name);
+    free(rev);
+}
+
+/* A revision of svc from its document entry (not linked).  NULL with a
+ * message in err. */
+static rt_revision *
+rev_new(rt_service *svc, const char *name, const json_t *tpl, char *err,
+        size_t errlen)
+{
+    rt_revision *rev = calloc(1, sizeof(*rev));
+    char why[256] = "";
+
+    if (rev == NULL || (rev->name = strdup(name)) == NULL) {
+        free(rev);
+        set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    rev->svc = svc;
+    if (kb_rt_template_parse(tpl, &rev->tpl, why, sizeof(why)) != 0) {
+        set_err(err, errlen, "revision %s: %s", name, why);
+        free(rev->name);
+        free(rev);
+        return NULL;
+    }
+    rev->template_json = json_deep_copy(tpl);
+    if (rev->template_json == NULL || rev_metrics(rev) != 0) {
+        set_err(err, errlen, "out of memory");
+        rev_free(rev);
+        return NULL;
+    }
+    rev->transition_ns = kb_time_unix_ns();
+    snprintf(rev->reason, sizeof(rev->reason), "Deploying");
+    return rev;
+}
+
+static rt_revision *
+rev_find(const rt_service *svc, const char *name)
+{
+    for (rt_revision *r = svc->revisions; r != NULL; r = r->next)
+        if (!r->retired && strcmp(r->name, name) == 0)
+            return r;
+    return NULL;
+}
+
+/* ---- services ---- */
+
+static rt_service *
+service_find(kb_runtime *rt, const char *project, const char *name)
+{
+    for (rt_service *s = rt->services; s != NULL; s = s->next)
+        if (!s->removed && strcmp(s->project, project) == 0
+            && strcmp(s->name, name) == 0)
+            return s;
+    return NULL;
+}
+
+static void rt_maybe_done(kb_runtime *rt);
+
+static void
+tags_free(rt_tag *tags, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(tags[i].tag);
+    free(tags);
+}
+
+static void
+service_free(rt_service *svc)
+{
+    kb_runtime *rt = svc->rt;
+
+    pthread_mutex_lock(&rt->ep_lock);
+    for (rt_service **pp = &rt->services; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == svc) {
+            *pp = svc->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&rt->ep_lock);
+    json_decref(svc->doc);
+    json_decref(svc->traffic);
+    tags_free(svc->tags, svc->ntags);
+    kb__rt_log_free(svc->log);
+    free(svc->project);
+    free(svc->name);
+    free(svc->label);
+    free(svc->parent);
+    free(svc);
+    rt->nservices--;
+    rt_maybe_done(rt);
+}
+
 static rt_service *
 service_new(kb_runtime *rt, const char *project, const char *name)
 {
@@ -329,6 +259,8 @@ service_new(kb_runtime *rt, const char *project, const char *name)
         || kb_metrics_label_escape(&labels, svc->label) < 0
         || kb_buf_appendc(&labels, '"') < 0)
         goto out_free;
+    if (kb__rt_log_new(rt->loop, rt->log_bytes, &svc->log) != 0)
+        goto out_free;
     svc->restarts_total = kb_counter_get("kiban_runtime_restarts_total",
         "Instance restarts after an exit, per service.", labels.data);
     svc->running = kb_gauge_get("kiban_runtime_instances_running",
@@ -342,6 +274,7 @@ service_new(kb_runtime *rt, const char *project, const char *name)
 
 out_free:
     kb_buf_free(&labels);
+    kb__rt_log_free(svc->log);
     free(svc->project);
     free(svc->name);
     free(svc->label);
@@ -350,173 +283,356 @@ out_free:
     return NULL;
 }
 
-static bool
-is_current(const rt_instance *in)
-{
-    return in->generation == in->svc->generation
-           && in->state != RT_STOPPING && in->state != RT_STOPPED;
-}
-
-/*
- * Bring a service's instances to its spec:
- *  - a removed service (or a runtime shutting down) stops everything;
- *  - instances of the current spec are added or stopped to match the
- *    desired count (stopping ones that are not serving first);
- *  - instances of an older spec keep serving until enough new ones are
- *    running, then stop one for one; those not serving stop at once.
- * Called after every change; it only starts and stops, never frees.
- */
+/* A retired revision with no instance left goes; then maybe its service. */
 static void
-reconcile(rt_service *svc)
+rev_maybe_free(rt_revision *rev)
 {
-    int cur = 0, ready = 0;
-    rt_instance *in;
+    rt_service *svc = rev->svc;
+    kb_runtime *rt = svc->rt;
 
-    if (svc->removed || svc->rt->shutting_down) {
-        for (in = svc->instances; in != NULL; in = in->next)
-            kb__rt_instance_stop(in);
+    if (!rev->retired || rev->ninstances > 0)
         return;
-    }
-    for (in = svc->instances; in != NULL; in = in->next) {
-        if (is_current(in)) {
-            cur++;
-            ready += in->state == RT_RUNNING;
-        }
-    }
-    for (int pass = 0; pass < 2 && cur > svc->desired; pass++) {
-        /* pass 0: instances not serving; pass 1: any, newest last */
-        for (in = svc->instances; in != NULL && cur > svc->desired;
-             in = in->next) {
-            if (!is_current(in) || (pass == 0 && in->state == RT_RUNNING))
-                continue;
-            ready -= in->state == RT_RUNNING;
-            kb__rt_instance_stop(in);
-            cur--;
-        }
-    }
-    for (; cur < svc->desired; cur++) {
-        if (kb__rt_instance_add(svc) < 0) {
-            kb_log_error("cannot add an instance", "{s:s, s:s}",
-                         "service", svc->label, "error", "out of memory");
-            break;
-        }
-    }
-    int keep_old = svc->desired - ready;
-    for (in = svc->instances; in != NULL; in = in->next) {
-        if (in->generation == svc->generation || in->state == RT_STOPPING
-            || in->state == RT_STOPPED)
-            continue;
-        if (in->state == RT_RUNNING && keep_old > 0)
-            keep_old--;
-        else
-            kb__rt_instance_stop(in);
-    }
-}
-
-void
-kb__rt_service_changed(rt_service *svc)
-{
-    reconcile(svc);
-}
-
-void
-kb__rt_instance_freed(rt_service *svc)
-{
-    svc->ninstances--;
-    if (svc->removed && svc->ninstances == 0)
-        service_free(svc);
-}
-
-/* Unlink, stop everything; freed when the last instance is. */
-static void
-service_remove(kb_runtime *rt, rt_service *svc)
-{
     pthread_mutex_lock(&rt->ep_lock);
-    for (rt_service **pp = &rt->services; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == svc) {
-            *pp = svc->next;
+    for (rt_revision **pp = &svc->revisions; *pp != NULL;
+         pp = &(*pp)->next) {
+        if (*pp == rev) {
+            *pp = rev->next;
             break;
         }
     }
-    svc->next = NULL;
     pthread_mutex_unlock(&rt->ep_lock);
-    svc->removed = true;
-    kb_log_info("service removed", "{s:s}", "service", svc->label);
-    reconcile(svc);
-    if (svc->ninstances == 0)
+    rev_free(rev);
+    svc->nrevisions--;
+    if (svc->removed && svc->nrevisions == 0)
         service_free(svc);
 }
 
-static bool
-name_ok(const char *s)
+void
+kb__rt_instance_freed(rt_revision *rev)
 {
-    return s != NULL && *s != '\0' && strlen(s) <= NAME_MAX_LEN;
+    rev->ninstances--;
+    rev_maybe_free(rev);
+}
+
+/* Retire a revision: no more requests; drained, then freed. */
+static void
+rev_retire(rt_revision *rev)
+{
+    kb_runtime *rt = rev->svc->rt;
+
+    pthread_mutex_lock(&rt->ep_lock);
+    rev->retired = true;
+    rev->percent = 0;
+    rev->tagged = false;
+    pthread_mutex_unlock(&rt->ep_lock);
+    kb__rt_latest_ready_update(rev->svc);
+    kb__rt_wake_all(rev);
+    kb__rt_scale_revision(rev);
+    rev_maybe_free(rev);
+}
+
+/* ---- applying a document ---- */
+
+/* The revisions a document lists, or one made of its top-level template
+ * (a document stored before revisions existed).  New reference. */
+static json_t *
+doc_revisions(const json_t *doc, const char *name)
+{
+    const json_t *revs = json_object_get(doc, "revisions");
+    json_t *tpl;
+    char rname[256], *text;
+    uint32_t h = 2166136261u;   /* FNV-1a of the template */
+
+    if (json_is_array(revs) && json_array_size(revs) > 0)
+        return json_incref((json_t *)revs);
+    if ((tpl = kb_rt_template_extract(doc)) == NULL)
+        return NULL;
+    if ((text = json_dumps(tpl, JSON_COMPACT | JSON_SORT_KEYS)) == NULL) {
+        json_decref(tpl);
+        return NULL;
+    }
+    for (const char *p = text; *p != '\0'; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    free(text);
+    snprintf(rname, sizeof(rname), "%s-00000-%08x", name, h);
+    return json_pack("[{s:s, s:o}]", "name", rname, "template", tpl);
+}
+
+typedef struct resolved {
+    rt_revision *rev;
+    int          percent;
+    const char  *tag;
+    bool         latest;
+} resolved;
+
+static rt_revision *
+find_in(const rt_service *svc, rt_revision *fresh, const char *name)
+{
+    for (rt_revision *r = fresh; r != NULL; r = r->next)
+        if (strcmp(r->name, name) == 0)
+            return r;
+    return svc != NULL ? rev_find(svc, name) : NULL;
+}
+
+static void
+fresh_free(rt_revision *fresh)
+{
+    while (fresh != NULL) {
+        rt_revision *next = fresh->next;
+        rev_free(fresh);
+        fresh = next;
+    }
+}
+
+/* The URL of a service or of one of its tags ("" without a domain). */
+static void
+service_url(const rt_service *svc, const char *tag, char *out, size_t outlen)
+{
+    const kb_runtime *rt = svc->rt;
+    char port[16] = "";
+
+    out[0] = '\0';
+    if (rt->domain == NULL || rt->domain[0] == '\0')
+        return;
+    if (rt->url_port > 0 && rt->url_port != 80)
+        snprintf(port, sizeof(port), ":%d", rt->url_port);
+    snprintf(out, outlen, "http://%s%s%s%s%s.%s%s", tag ? tag : "",
+             tag ? "---" : "", svc->name,
+             strcmp(svc->project, "default") != 0 ? "." : "",
+             strcmp(svc->project, "default") != 0 ? svc->project : "",
+             rt->domain, port);
+}
+
+/* Traffic as applied: each target with its revision resolved. */
+static json_t *
+traffic_json(const resolved *t, size_t n)
+{
+    json_t *arr = json_array();
+
+    for (size_t i = 0; arr != NULL && i < n; i++) {
+        json_t *o = json_pack("{s:i}", "percent", t[i].percent);
+        if (o == NULL)
+            continue;
+        if (t[i].latest)        /* resolved when status is asked */
+            json_object_set_new(o, "latestRevision", json_true());
+        else
+            json_object_set_new(o, "revisionName",
+                                json_string(t[i].rev->name));
+        if (t[i].tag != NULL)
+            json_object_set_new(o, "tag", json_string(t[i].tag));
+        json_array_append_new(arr, o);
+    }
+    return arr;
 }
 
 int
 kb_runtime_apply(kb_runtime *rt, const char *project, const char *name,
-                 const json_t *spec, char *err, size_t errlen)
+                 const json_t *doc, char *err, size_t errlen)
 {
-    char **argv, **env;
+    json_t *revs = NULL, *copy = NULL, *tjson = NULL, *deflt = NULL;
+    rt_revision *fresh = NULL, **tail = &fresh, *latest;
+    resolved *res = NULL;
+    rt_tag *tags = NULL;
+    size_t ntags = 0, n, i;
+    const json_t *e, *traffic;
     int rc;
 
     if (rt->shutting_down) {
         set_err(err, errlen, "the runtime is shutting down");
         return KB_ECANCELED;
     }
-    if (!name_ok(project) || !name_ok(name)) {
+    if (project == NULL || name == NULL || *project == '\0' || *name == '\0'
+        || strlen(project) > NAME_MAX_LEN || strlen(name) > NAME_MAX_LEN) {
         set_err(err, errlen, "name: project and service names must be 1 to "
                 "%d bytes", NAME_MAX_LEN);
         return KB_EINVAL;
     }
-    if ((rc = kb_runtime_validate(spec, err, errlen)) < 0)
+    if ((rc = kb_runtime_validate(doc, err, errlen)) < 0)
         return rc;
 
-    rt_service *svc = service_find(rt, project, name);
-    if (svc != NULL && json_equal(svc->spec, spec))
+    rt_service *svc = service_find(rt, project, name), *created = NULL;
+    if (svc != NULL && json_equal(svc->doc, doc))
         return 0;
-    if (svc == NULL && rt->nservices >= KB_RT_MAX_SERVICES) {
-        set_err(err, errlen, "too many services (at most %d)",
-                KB_RT_MAX_SERVICES);
-        return KB_ETOOBIG;
-    }
-    json_t *copy = json_deep_copy(spec);
-    if (copy == NULL || spec_parse(spec, &argv, &env) < 0) {
-        json_decref(copy);
-        set_err(err, errlen, "out of memory");
-        return KB_ENOMEM;
-    }
     if (svc == NULL) {
-        if ((svc = service_new(rt, project, name)) == NULL) {
-            json_decref(copy);
-            free_strv(argv);
-            free_strv(env);
+        if (rt->nservices >= KB_RT_MAX_SERVICES) {
+            set_err(err, errlen, "too many services (at most %d)",
+                    KB_RT_MAX_SERVICES);
+            return KB_ETOOBIG;
+        }
+        if ((svc = created = service_new(rt, project, name)) == NULL) {
             set_err(err, errlen, "out of memory");
             return KB_ENOMEM;
         }
+    }
+
+    rc = KB_ENOMEM;
+    if ((revs = doc_revisions(doc, name)) == NULL
+        || (copy = json_deep_copy(doc)) == NULL)
+        goto out_nomem;
+    /* New revisions first, unlinked: nothing changes if one is bad. */
+    json_array_foreach(revs, i, e) {
+        const char *rn = json_string_value(json_object_get(e, "name"));
+        const json_t *tpl = json_object_get(e, "template");
+        if (rn == NULL || !json_is_object(tpl)) {
+            set_err(err, errlen, "revisions[%zu]: needs a name and a "
+                    "template", i);
+            rc = KB_EINVAL;
+            goto out_free;
+        }
+        if (find_in(svc, fresh, rn) != NULL)
+            continue;           /* immutable: already running */
+        rt_revision *r = rev_new(svc, rn, tpl, err, errlen);
+        if (r == NULL) {
+            rc = KB_EINVAL;
+            goto out_free;
+        }
+        *tail = r;
+        tail = &r->next;
+    }
+    latest = find_in(svc, fresh, json_string_value(json_object_get(
+                 json_array_get(revs, json_array_size(revs) - 1), "name")));
+
+    /* Traffic, resolved against the revisions the document keeps. */
+    traffic = json_object_get(doc, "traffic");
+    if (!json_is_array(traffic) || json_array_size(traffic) == 0
+        || json_object_get(doc, "revisions") == NULL) {
+        deflt = json_pack("[{s:b, s:i}]", "latestRevision", 1, "percent",
+                          100);
+        traffic = deflt;
+    }
+    n = json_array_size(traffic);
+    res = calloc(n ? n : 1, sizeof(*res));
+    tags = calloc(n ? n : 1, sizeof(*tags));
+    if (res == NULL || tags == NULL)
+        goto out_nomem;
+    json_array_foreach(traffic, i, e) {
+        const char *rn = json_string_value(json_object_get(e, "revisionName"));
+        res[i].latest = json_is_true(json_object_get(e, "latestRevision"));
+        res[i].rev = res[i].latest ? latest : rn ? find_in(svc, fresh, rn)
+                                                 : NULL;
+        res[i].percent = (int)json_integer_value(json_object_get(e,
+                                                                 "percent"));
+        res[i].tag = json_string_value(json_object_get(e, "tag"));
+        if (res[i].rev == NULL) {
+            set_err(err, errlen, "traffic[%zu].revisionName: no revision "
+                    "%.128s", i, rn ? rn : "(none)");
+            rc = KB_EINVAL;
+            goto out_free;
+        }
+        if (res[i].tag != NULL) {
+            tags[ntags].rev = res[i].rev;
+            if ((tags[ntags++].tag = strdup(res[i].tag)) == NULL)
+                goto out_nomem;
+        }
+    }
+    if ((tjson = traffic_json(res, n)) == NULL)
+        goto out_nomem;
+
+    if (created != NULL) {
         pthread_mutex_lock(&rt->ep_lock);
         svc->next = rt->services;
         rt->services = svc;
         pthread_mutex_unlock(&rt->ep_lock);
+        created = NULL;
     }
-    if (svc->spec == NULL || !same_template(svc->spec, spec)) {
-        pthread_mutex_lock(&rt->ep_lock);
-        svc->generation++;
-        pthread_mutex_unlock(&rt->ep_lock);
+
+    /* Commit: link the new revisions, set the split and the tags. */
+    pthread_mutex_lock(&rt->ep_lock);
+    rt_revision **pp = &svc->revisions;
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    *pp = fresh;
+    for (rt_revision *r = fresh; r != NULL; r = r->next)
+        svc->nrevisions++;
+    fresh = NULL;
+    for (rt_revision *r = svc->revisions; r != NULL; r = r->next) {
+        r->percent = 0;
+        r->tagged = false;
     }
-    json_decref(svc->spec);
-    free_strv(svc->argv);
-    free_strv(svc->env);
-    svc->spec = copy;
-    svc->argv = argv;
-    svc->env = env;
-    const json_t *n = json_object_get(spec, "instances");
-    svc->desired = n != NULL ? (int)json_integer_value(n) : 1;
-    kb_log_info("service applied", "{s:s, s:I, s:i}", "service", svc->label,
-                "generation", (json_int_t)svc->generation,
-                "instances", svc->desired);
-    reconcile(svc);
-    return 0;
+    svc->latest_pct = 0;
+    for (i = 0; i < n; i++) {
+        if (res[i].latest)
+            svc->latest_pct += res[i].percent;
+        else
+            res[i].rev->percent += res[i].percent;
+        res[i].rev->tagged |= res[i].tag != NULL;
+    }
+    svc->latest = latest;
+    rt_tag *old_tags = svc->tags;
+    size_t old_ntags = svc->ntags;
+    svc->tags = tags;
+    svc->ntags = ntags;
+    tags = NULL;
+    pthread_mutex_unlock(&rt->ep_lock);
+    tags_free(old_tags, old_ntags);
+
+    json_decref(svc->doc);
+    svc->doc = copy;
+    copy = NULL;
+    json_decref(svc->traffic);
+    svc->traffic = tjson;
+    tjson = NULL;
+
+    kb__rt_latest_ready_update(svc);
+    kb_log_info("service applied", "{s:s, s:s, s:i}", "service", svc->label,
+                "latest", latest->name, "revisions", (int)svc->nrevisions);
+    /* Revisions the document dropped go; the others rescale. */
+    for (rt_revision *r = svc->revisions, *next; r != NULL; r = next) {
+        next = r->next;
+        bool kept = false;
+        json_array_foreach(revs, i, e) {
+            if (strcmp(json_string_value(json_object_get(e, "name")),
+                       r->name) == 0)
+                kept = true;
+        }
+        if (!kept && !r->retired)
+            rev_retire(r);
+        else if (!r->retired)
+            kb__rt_scale_revision(r);
+    }
+    rc = 0;
+    goto out_free;
+
+out_nomem:
+    set_err(err, errlen, "out of memory");
+    rc = KB_ENOMEM;
+out_free:
+    if (tags != NULL)
+        tags_free(tags, ntags);
+    free(res);
+    fresh_free(fresh);
+    json_decref(tjson);
+    json_decref(deflt);
+    json_decref(copy);
+    json_decref(revs);
+    if (created != NULL)
+        service_free(created);
+    return rc;
+}
+
+/* Retire every revision; the service stays listed (for the scale pass,
+ * which drains and stops its instances) until the last one is freed. */
+static void
+service_remove(kb_runtime *rt, rt_service *svc)
+{
+    pthread_mutex_lock(&rt->ep_lock);
+    svc->removed = true;
+    pthread_mutex_unlock(&rt->ep_lock);
+    kb_log_info("service removed", "{s:s}", "service", svc->label);
+    (void)rt;
+    if (svc->nrevisions == 0) {
+        service_free(svc);
+        return;
+    }
+    for (rt_revision *r = svc->revisions, *next; r != NULL; r = next) {
+        next = r->next;
+        if (!r->retired) {
+            bool last = svc->nrevisions == 1 && r->ninstances == 0;
+            rev_retire(r);
+            if (last)
+                return;         /* that freed r and the service */
+        }
+    }
 }
 
 int
@@ -530,81 +646,224 @@ kb_runtime_remove(kb_runtime *rt, const char *project, const char *name)
     return 0;
 }
 
-/*
- * Round robin over running instances of the current spec; while none of
- * those is running yet (a rollout), over the older ones still serving.
- */
-/* The running instances to send to: the current generation's, or while
- * none of those is ready yet, the previous ones'.  Under ep_lock. */
-static size_t
-endpoints_locked(const rt_service *svc, kb_endpoint *out, size_t max)
-{
-    size_t ncur = 0, n = 0;
-    const rt_instance *in;
+/* ---- status ---- */
 
-    for (in = svc->instances; in != NULL; in = in->next)
-        ncur += in->state == RT_RUNNING && in->generation == svc->generation;
-    for (in = svc->instances; in != NULL && n < max; in = in->next) {
-        if (in->state != RT_RUNNING ||
-            (ncur > 0) != (in->generation == svc->generation))
+static json_t *
+rev_summary(const rt_revision *rev)
+{
+    int ready = 0, n = 0;
+
+    for (const rt_instance *in = rev->instances; in != NULL; in = in->next) {
+        if (in->state == RT_STOPPED)
             continue;
-        snprintf(out[n].host, sizeof(out[n].host), "127.0.0.1");
-        out[n].port = in->port;
-        snprintf(out[n].revision, sizeof(out[n].revision), "%s-%05llu",
-                 svc->name, (unsigned long long)in->generation);
         n++;
+        ready += kb__rt_serving(in);
     }
-    return n;
+    int pct = rev->percent + (rev == rev->svc->latest_ready
+                              ? rev->svc->latest_pct : 0);
+    return json_pack("{s:s, s:b, s:i, s:i, s:i, s:i}", "name", rev->name,
+                     "ready", rev->ever_ready && !rev->failed,
+                     "readyInstances", ready, "instances", n,
+                     "desired", rev->desired, "percent", pct);
 }
 
-int
-kb_runtime_endpoints(kb_runtime *rt, const char *project, const char *name,
-                     kb_endpoint *out, size_t max)
+/* The service's Ready condition: False when its newest revision failed,
+ * Unknown while it is coming up, else True. */
+static json_t *
+service_condition(const rt_service *svc)
 {
-    const rt_service *svc;
-    int rc;
+    const rt_revision *l = svc->latest;
+    json_t *c;
 
-    pthread_mutex_lock(&rt->ep_lock);
-    svc = service_find(rt, project, name);
-    if (svc == NULL)
-        rc = KB_ENOTFOUND;
-    else
-        rc = (int)endpoints_locked(svc, out, max);
-    pthread_mutex_unlock(&rt->ep_lock);
-    return rc == 0 ? KB_EUNAVAIL : rc;
-}
-
-int
-kb_runtime_endpoint(kb_runtime *rt, const char *project, const char *name,
-                    kb_endpoint *out)
-{
-    kb_endpoint eps[KB_RT_MAX_ENDPOINTS];
-    int n = kb_runtime_endpoints(rt, project, name, eps, KB_RT_MAX_ENDPOINTS);
-    static _Atomic unsigned rr;
-
-    if (n < 0)
-        return n;
-    *out = eps[atomic_fetch_add(&rr, 1) % (unsigned)n];
-    return 0;
+    if (l == NULL)
+        return json_pack("{s:s, s:s}", "type", "Ready", "status", "Unknown");
+    c = kb__rt_revision_condition(l);
+    if (c != NULL && l->failed) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "Revision %s is not ready: %s", l->name,
+                 l->message);
+        json_object_set_new(c, "reason", json_string("RevisionFailed"));
+        json_object_set_new(c, "message", json_string(msg));
+    }
+    return c;
 }
 
 json_t *
 kb_runtime_status(kb_runtime *rt, const char *project, const char *name)
 {
     rt_service *svc = service_find(rt, project, name);
-    int ready = 0;
+    const rt_revision *ready_rev = NULL;
+    char url[512];
+    int ready = 0, desired = 0;
 
     if (svc == NULL)
         return NULL;
-    json_t *list = json_array();
-    for (rt_instance *in = svc->instances; in != NULL; in = in->next) {
+    json_t *list = json_array(), *revs = json_array();
+    json_t *traffic = json_deep_copy(svc->traffic);
+    for (const rt_revision *r = svc->revisions; r != NULL; r = r->next) {
+        if (r->retired)
+            continue;
+        if (r->ever_ready)
+            ready_rev = r;
+        desired += r->desired;
+        json_array_insert_new(revs, 0, rev_summary(r));
+        for (const rt_instance *in = r->instances; in != NULL;
+             in = in->next) {
+            if (in->state == RT_STOPPED)
+                continue;
+            ready += kb__rt_serving(in);
+            json_t *st = rt->exec->status(in);
+            if (st != NULL) {
+                json_object_set_new(st, "revision", json_string(r->name));
+                json_array_append_new(list, st);
+            }
+        }
+    }
+    size_t i;
+    json_t *t;
+    json_array_foreach(traffic, i, t) {
+        const char *tag = json_string_value(json_object_get(t, "tag"));
+        if (json_is_true(json_object_get(t, "latestRevision"))
+            && svc->latest_ready != NULL)
+            json_object_set_new(t, "revisionName",
+                                json_string(svc->latest_ready->name));
+        service_url(svc, NULL, url, sizeof(url));
+        if (tag != NULL)
+            service_url(svc, tag, url, sizeof(url));
+        if (tag != NULL && url[0] != '\0')
+            json_object_set_new(t, "url", json_string(url));
+    }
+    service_url(svc, NULL, url, sizeof(url));
+    json_t *out = json_pack("{s:s, s:o, s:o, s:[o], s:o, s:i, s:i, s:o}",
+        "latestCreatedRevisionName", svc->latest ? svc->latest->name : "",
+        "latestReadyRevisionName",
+        ready_rev ? json_string(ready_rev->name) : json_null(),
+        "traffic", traffic ? traffic : json_array(),
+        "conditions", service_condition(svc),
+        "revisions", revs ? revs : json_array(),
+        "ready", ready, "desired", desired,
+        "instances", list ? list : json_array());
+    if (out != NULL && url[0] != '\0')
+        json_object_set_new(out, "url", json_string(url));
+    return out;
+}
+
+json_t *
+kb_runtime_revision_status(kb_runtime *rt, const char *project,
+                           const char *name, const char *revision)
+{
+    rt_service *svc = service_find(rt, project, name);
+    const rt_revision *rev = svc != NULL ? rev_find(svc, revision) : NULL;
+    int ready = 0;
+    char url[512];
+
+    if (rev == NULL)
+        return NULL;
+    json_t *list = json_array(), *tags = json_array();
+    for (const rt_instance *in = rev->instances; in != NULL; in = in->next) {
         if (in->state == RT_STOPPED)
             continue;
-        ready += in->state == RT_RUNNING;
-        json_array_append_new(list, kb__rt_instance_status(in));
+        ready += kb__rt_serving(in);
+        json_array_append_new(list, rt->exec->status(in));
     }
-    return json_pack("{s:o, s:i, s:i}", "instances", list, "ready", ready,
-                     "desired", svc->desired);
+    for (size_t i = 0; i < svc->ntags; i++)
+        if (svc->tags[i].rev == rev)
+            json_array_append_new(tags, json_string(svc->tags[i].tag));
+    json_t *out = json_pack(
+        "{s:b, s:[o], s:o, s:i, s:i, s:i, s:i, s:I, s:I, s:i, s:o, s:b}",
+        "ready", rev->ever_ready && !rev->failed,
+        "conditions", kb__rt_revision_condition(rev),
+        "instances", list ? list : json_array(),
+        "desired", rev->desired, "readyInstances", ready,
+        "inflight", (int)atomic_load(&rev->inflight),
+        "waiting", (int)rev->nwaiting,
+        "coldStarts", (json_int_t)rev->cold_starts,
+        "restarts", (json_int_t)rev->restarts,
+        "percent", rev->percent + (rev == svc->latest_ready
+                                   ? svc->latest_pct : 0),
+        "tags", tags ? tags : json_array(),
+        "latest", rev == svc->latest);
+    if (out != NULL) {
+        json_t *lim = kb_limits_describe();
+        if (lim != NULL) {
+            json_object_set_new(lim, "runAs", rt->run_as != NULL
+                                ? json_string(rt->run_as) : json_null());
+            json_object_set_new(out, "isolation", lim);
+        }
+    }
+    if (out != NULL && json_array_size(tags) > 0) {
+        service_url(svc, json_string_value(json_array_get(tags, 0)), url,
+                    sizeof(url));
+        if (url[0] != '\0')
+            json_object_set_new(out, "url", json_string(url));
+    }
+    return out;
+}
+
+/* ---- settings ---- */
+
+void
+kb_runtime_set_url_base(kb_runtime *rt, const char *domain, int port)
+{
+    char *d = domain != NULL && *domain != '\0' ? strdup(domain) : NULL;
+
+    free(rt->domain);
+    rt->domain = d;
+    rt->url_port = port;
+}
+
+void
+kb_runtime_set_run_as(kb_runtime *rt, const char *user)
+{
+    struct passwd *pw;
+
+    free(rt->run_as);
+    free_strv(rt->run_as_env);
+    rt->run_as_env = NULL;
+    rt->run_as = user != NULL && *user != '\0' && geteuid() == 0
+                 ? strdup(user) : NULL;
+    if (rt->run_as == NULL || (pw = getpwnam(rt->run_as)) == NULL)
+        return;                 /* a uid without an entry: keep ours */
+    rt->run_as_env = calloc(4, sizeof(char *));
+    if (rt->run_as_env == NULL)
+        return;
+    rt->run_as_env[0] = strdupf("HOME=%s", pw->pw_dir);
+    rt->run_as_env[1] = strdupf("USER=%s", pw->pw_name);
+    rt->run_as_env[2] = strdupf("LOGNAME=%s", pw->pw_name);
+    if (rt->run_as_env[0] == NULL || rt->run_as_env[1] == NULL
+        || rt->run_as_env[2] == NULL) {
+        free_strv(rt->run_as_env);
+        rt->run_as_env = NULL;
+    }
+}
+
+void
+kb_runtime_set_log_size(kb_runtime *rt, size_t bytes)
+{
+    rt->log_bytes = bytes != 0 ? bytes : 4u << 20;
+}
+
+/* ---- captured output ---- */
+
+int
+kb_runtime_logs(kb_runtime *rt, const char *project, const char *name,
+                const kb_rt_log_query *q,
+                void (*cb)(json_t *result, void *data), void *data,
+                kb_rt_log_wait **handle)
+{
+    rt_service *svc = service_find(rt, project, name);
+
+    *handle = NULL;
+    if (svc == NULL)
+        return KB_ENOTFOUND;
+    return kb__rt_log_query(svc->log, q, cb, data, handle);
+}
+
+void
+kb_runtime_logs_cancel(kb_runtime *rt, kb_rt_log_wait *handle)
+{
+    (void)rt;
+    kb__rt_log_cancel(handle);
 }
 
 /* ---- shutdown ---- */
@@ -620,6 +879,9 @@ rt_closed(uv_handle_t *h)
     close(rt->watch_fd[1]);
     free_strv(rt->base_env);
     free(rt->self_exe);
+    free(rt->run_as);
+    free_strv(rt->run_as_env);
+    free(rt->domain);
     pthread_mutex_destroy(&rt->ep_lock);
     free(rt);
     if (done != NULL)
@@ -630,8 +892,10 @@ static void
 rt_maybe_done(kb_runtime *rt)
 {
     if (rt->shutting_down && rt->nservices == 0
-        && !uv_is_closing((uv_handle_t *)&rt->done_timer))
+        && !uv_is_closing((uv_handle_t *)&rt->done_timer)) {
+        kb__rt_scale_close(rt);
         uv_close((uv_handle_t *)&rt->done_timer, rt_closed);
+    }
 }
 
 void
@@ -645,8 +909,14 @@ kb_runtime_shutdown(kb_runtime *rt, uint64_t grace_ms,
     kb_log_info("runtime stopping", "{s:I, s:I}",
                 "services", (json_int_t)rt->nservices,
                 "graceMs", (json_int_t)grace_ms);
-    while (rt->services != NULL)
-        service_remove(rt, rt->services);
+    for (rt_service *s = rt->services, *next; s != NULL; s = next) {
+        next = s->next;
+        if (!s->removed)
+            service_remove(rt, s);
+        else
+            for (rt_revision *r = s->revisions; r != NULL; r = r->next)
+                kb__rt_scale_revision(r);
+    }
     rt_maybe_done(rt);          /* done() runs from a close callback */
 }
 
@@ -745,6 +1015,15 @@ reap_leftovers(kb_runtime *rt)
             break;
     }
     free(ctx.token);
+    /* The instances' cgroups (named by instance id) go with them; so do
+     * empty leftovers no record names.  Boot time: blocking is fine. */
+    const char **ids = calloc(ctx.ndead ? ctx.ndead : 1, sizeof(char *));
+    for (size_t i = 0; ids != NULL && i < ctx.ndead; i++)
+        ids[i] = ctx.dead[i] + strlen(ctx.dead[i]) + 1;
+    if (ids != NULL && ctx.ndead > 0)
+        (void)kb_limits_reap(ids, ctx.ndead, 0);
+    (void)kb_limits_reap(NULL, 0, KB_LIM_REAP_EXCEPT | KB_LIM_REAP_EMPTY);
+    free(ids);
     for (size_t i = 0; i < ctx.ndead; i++) {
         const char *parent = ctx.dead[i];
         const char *name = parent + strlen(parent) + 1;
@@ -819,7 +1098,10 @@ kb_runtime_create(uv_loop_t *loop, kb_store *store, const char *self_exe,
     rt->loop = loop;
     rt->store = store;
     pthread_mutex_init(&rt->ep_lock, NULL);
-    rt->stop_grace_ms = 10000;
+    rt->exec = &kb__rt_local_executor;
+    rt->stop_grace_ms = 0;              /* each revision's own */
+    rt->log_bytes = 4u << 20;
+    rt->scale_period_ms = 250;
     rt->start_timeout_ms = 10000;
     rt->probe_interval_ms = 50;
     rt->backoff_min_ms = 100;
@@ -841,12 +1123,18 @@ kb_runtime_create(uv_loop_t *loop, kb_store *store, const char *self_exe,
         rc = -errno;
         goto out_free_env;
     }
+    if ((rc = kb__rt_scale_init(rt)) != 0)
+        goto out_close_pipe;
     if (store != NULL)
         reap_leftovers(rt);
     uv_timer_init(loop, &rt->done_timer);
     rt->done_timer.data = rt;
     *out = rt;
     return 0;
+
+out_close_pipe:
+    close(rt->watch_fd[0]);
+    close(rt->watch_fd[1]);
 
 out_free_env:
     free_strv(rt->base_env);
@@ -857,3 +1145,4 @@ out_free_rt:
     free(rt);
     return rc;
 }
+

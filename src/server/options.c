@@ -71,6 +71,14 @@ static const opt_def opt_table[] = {
       "memory for the gateway's response cache" },
     { "ca-file", "ca_file", OPT_STRING, OFF(ca_file), NULL, 0, 0,
       "extra CA certificates (PEM) trusted for https backends and JWKS" },
+    { "domain", "domain", OPT_STRING, OFF(domain), "localhost", 0, 0,
+      "service URLs: SERVICE.DOMAIN and TAG---SERVICE.DOMAIN on the gateway" },
+    { "run-as", "run_as", OPT_STRING, OFF(run_as), "nobody", 0, 0,
+      "user that service instances run as when the server runs as root "
+      "(\"\": the server's user)" },
+    { "service-log-size", "service_log_size", OPT_SIZE,
+      OFF(service_log_bytes), "4MiB", 0, (int64_t)1 << 34,
+      "memory for each service's captured output (kiban logs)" },
 };
 #define NOPTS (sizeof(opt_table) / sizeof(opt_table[0]))
 

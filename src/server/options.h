@@ -33,6 +33,9 @@ typedef struct kb_server_options {
     int64_t      max_conns_per_ip;
     int64_t      gateway_cache_bytes;
     char        *ca_file;          /* extra CAs for https backends, JWKS */
+    char        *domain;           /* SERVICE.DOMAIN service URLs */
+    char        *run_as;           /* instances' user when root; "" none */
+    int64_t      service_log_bytes;/* captured output kept per service */
 } kb_server_options;
 
 /*

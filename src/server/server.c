@@ -385,6 +385,8 @@ start_gateway_threads(kb_server *s)
         if (rc == 0 && i == 0) {
             pin_port(s->gateway_addr, sizeof(s->gateway_addr),
                      kb_http_server_port(t->plain));
+            kb_runtime_set_url_base(s->runtime, s->opts.domain,
+                                    kb_http_server_port(t->plain));
             if (t->tls != NULL)
                 pin_port(s->gateway_tls_addr, sizeof(s->gateway_tls_addr),
                          kb_http_server_port(t->tls));
@@ -532,8 +534,14 @@ boot(kb_server *s, const char *self_exe)
                      kb_strerror(rc));
         return rc;
     }
+    if (kb_gateway_set_domain(s->gateway, s->opts.domain, 0) != 0) {
+        kb_log_error("bad --domain", "{s:s}", "domain", s->opts.domain);
+        return KB_EINVAL;
+    }
     kb_gateway_set_cache_size(s->gateway,
                               (size_t)s->opts.gateway_cache_bytes);
+    kb_runtime_set_run_as(s->runtime, s->opts.run_as);
+    kb_runtime_set_log_size(s->runtime, (size_t)s->opts.service_log_bytes);
     if (s->opts.ca_file != NULL &&
         (access(s->opts.ca_file, R_OK) != 0 ||
          kb_gateway_set_ca_file(s->gateway, s->opts.ca_file) != 0)) {

@@ -187,8 +187,14 @@ apply_hello(fx *f, const char *name, const char *extra)
 {
     char json[PATH_MAX + 512];
 
-    snprintf(json, sizeof(json), "{\"command\":\"%s\"%s%s}", hello,
-             extra ? "," : "", extra ? extra : "");
+    /* One steady instance unless the test scales itself. */
+    if (extra == NULL || (strstr(extra, "instances") == NULL
+                          && strstr(extra, "Instances") == NULL))
+        snprintf(json, sizeof(json), "{\"command\":\"%s\",\"instances\":1"
+                 "%s%s}", hello, extra ? "," : "", extra ? extra : "");
+    else
+        snprintf(json, sizeof(json), "{\"command\":\"%s\"%s%s}", hello,
+                 extra ? "," : "", extra ? extra : "");
     apply_ok(f, name, json);
 }
 
@@ -520,13 +526,34 @@ test_two_instances_round_robin(void **state)
     long y = hello_pid(f, "pair", NULL, 0, NULL);
     assert_int_not_equal(x, y);
 
-    /* Scale down to one: one group stops, the other keeps serving. */
+    /* Another count is another revision (as in Cloud Run): the old
+     * instances go, one new one serves. */
     json_int_t s0 = st_int(f, "pair", 0, "pid");
     json_int_t s1 = st_int(f, "pair", 1, "pid");
     apply_hello(f, "pair", "\"instances\":1");
-    EVENTUALLY(f, st_top(f, "pair", "count") == 1, 5000);
-    EVENTUALLY(f, group_gone((int)s0) != group_gone((int)s1), 5000);
-    assert_int_equal(st_top(f, "pair", "ready"), 1);
+    EVENTUALLY(f, st_top(f, "pair", "count") == 1
+                  && st_top(f, "pair", "ready") == 1, 8000);
+    EVENTUALLY(f, group_gone((int)s0) && group_gone((int)s1), 5000);
+}
+
+/* A Service document as the API stores it: revisions r1..rN of
+ * kiban-hello greeting g1..gN, then `traffic` (JSON). */
+static void
+apply_revisions(fx *f, const char *name, int n, const char *tpl_extra,
+                const char *traffic)
+{
+    char json[8192];
+    int k = snprintf(json, sizeof(json), "{\"command\":\"%s\",\"revisions\":[",
+                     hello);
+
+    for (int i = 1; i <= n; i++)
+        k += snprintf(json + k, sizeof(json) - (size_t)k,
+                      "%s{\"name\":\"%s-0000%d-abc\",\"template\":{"
+                      "\"command\":\"%s\",\"env\":{\"GREETING\":\"g%d\"}%s%s}}",
+                      i > 1 ? "," : "", name, i, hello, i,
+                      tpl_extra ? "," : "", tpl_extra ? tpl_extra : "");
+    snprintf(json + k, sizeof(json) - (size_t)k, "],\"traffic\":%s}", traffic);
+    apply_ok(f, name, json);
 }
 
 static void
@@ -534,36 +561,46 @@ test_changed_env_replaces_instances(void **state)
 {
     fx *f = *state;
     char msg[128];
+    kb_endpoint ep;
+    const char *latest = "[{\"latestRevision\":true,\"percent\":100}]";
+    const char *tpl = "\"instances\":1,\"scaleDownDelay\":\"200ms\"";
 
-    apply_hello(f, "greet", "\"env\":{\"GREETING\":\"one\"}");
-    EVENTUALLY(f, endpoint_ok(f, "greet", NULL), 8000);
+    apply_revisions(f, "greet", 1, tpl, latest);
+    EVENTUALLY(f, endpoint_ok(f, "greet", &ep), 8000);
+    assert_string_equal(ep.revision, "greet-00001-abc");
     long pid1 = hello_pid(f, "greet", msg, sizeof(msg), NULL);
-    assert_string_equal(msg, "one");
+    assert_string_equal(msg, "g1");
     json_int_t shim1 = st_int(f, "greet", 0, "pid");
 
-    /* The same spec again changes nothing. */
-    apply_hello(f, "greet", "\"env\":{\"GREETING\":\"one\"}");
+    /* The same document again changes nothing. */
+    apply_revisions(f, "greet", 1, tpl, latest);
     assert_int_equal(st_top(f, "greet", "count"), 1);
     assert_int_equal(st_int(f, "greet", 0, "pid"), shim1);
 
-    /* A new env: the old instance serves until the new one is running. */
-    apply_hello(f, "greet", "\"env\":{\"GREETING\":\"two\"}");
+    /* A new revision: LATEST stays on the old one until the new one is
+     * ready (Cloud Run's latest ready revision). */
+    apply_revisions(f, "greet", 2, tpl, latest);
     assert_int_equal(st_top(f, "greet", "count"), 2);
     assert_int_equal(hello_pid(f, "greet", msg, sizeof(msg), NULL), pid1);
-    assert_string_equal(msg, "one");
+    assert_string_equal(msg, "g1");
 
-    EVENTUALLY(f, st_top(f, "greet", "count") == 1
-                  && st_state_is(f, "greet", 0, "running"), 8000);
+    EVENTUALLY(f, endpoint_ok(f, "greet", &ep)
+                  && strcmp(ep.revision, "greet-00002-abc") == 0, 8000);
     long pid2 = hello_pid(f, "greet", msg, sizeof(msg), NULL);
-    assert_string_equal(msg, "two");
+    assert_string_equal(msg, "g2");
     assert_int_not_equal(pid1, pid2);
+    /* The old revision lost its share: idle past scaleDownDelay, it
+     * drains and stops. */
     EVENTUALLY(f, group_gone((int)shim1), 5000);
+    EVENTUALLY(f, st_top(f, "greet", "count") == 1, 5000);
 
-    /* A count change keeps the running instance. */
-    json_int_t shim2 = st_int(f, "greet", 0, "pid");
-    apply_hello(f, "greet", "\"env\":{\"GREETING\":\"two\"},\"instances\":2");
-    EVENTUALLY(f, st_top(f, "greet", "ready") == 2, 8000);
-    assert_int_equal(st_int(f, "greet", 0, "pid"), shim2);
+    /* Pinned to r1 (a rollback): r1 comes back, r2 drains. */
+    apply_revisions(f, "greet", 2, tpl,
+                    "[{\"revisionName\":\"greet-00001-abc\",\"percent\":100}]");
+    EVENTUALLY(f, endpoint_ok(f, "greet", &ep)
+                  && strcmp(ep.revision, "greet-00001-abc") == 0, 8000);
+    hello_pid(f, "greet", msg, sizeof(msg), NULL);
+    assert_string_equal(msg, "g1");
 }
 
 /* sh runs a background sleep (a grandchild of the shim), then execs
@@ -574,7 +611,7 @@ apply_with_grandchild(fx *f, const char *name, const char *trap)
     char json[PATH_MAX + 512];
 
     snprintf(json, sizeof(json), "{\"command\":\"sh\",\"args\":[\"-c\","
-             "\"%ssleep 1000 & exec %s\"]}", trap, hello);
+             "\"%ssleep 1000 & exec %s\"],\"instances\":1}", trap, hello);
     apply_ok(f, name, json);
 }
 
