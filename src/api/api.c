@@ -1,6 +1,7 @@
 /*
- * api.c - the admin REST API: auth, the route table, and the generic
- * create/get/list/update/delete of every resource family (api.h).
+ * api.c - the admin REST API: auth, the route table (per-kind routes,
+ * custom methods, sub-resources), and the generic create/get/list/update/
+ * delete and read-modify-write (kb_api_modify) of every family (api.h).
  *
  * A mutation is persisted first and then applied to its plane; if the
  * plane refuses it (a gateway route that conflicts with another gateway),
@@ -45,6 +46,7 @@ typedef struct api_target {
     const api_route   *route;
     const api_kind    *kind;    /* NULL for routes that are not per kind */
     const kb_api_verb *verb;    /* custom methods (h_verb) */
+    const kb_api_subroute *sub; /* sub-resources (h_sub) */
 } api_target;
 
 static const kb_api_family *const api_families[] = {
@@ -80,6 +82,11 @@ struct api_call {
     int              err;
     int              status;     /* HTTP status of a deferred error */
     const kb_api_verb *verb;     /* h_verb's */
+    const kb_api_subroute *sub;  /* h_sub's */
+    const char      *subname;    /* its {sub} parameter, or NULL */
+    bool             modify;     /* a kb_api_modify call */
+    kb_api_change    change;     /* its change (modify) */
+    json_t          *base;       /* prepare's old_doc for modify (owned) */
 };
 
 static void h_healthz(api_call *c);
@@ -91,6 +98,7 @@ static void h_create(api_call *c);
 static void h_update(api_call *c);
 static void h_delete(api_call *c);
 static void h_verb(api_call *c);
+static void h_sub(api_call *c);
 
 /* The route every custom method (…/{name}:VERB) goes through. */
 static const api_route verb_route = {
@@ -111,10 +119,45 @@ static const api_route kind_routes[] = {
     { "DELETE", "/v1/projects/{project}/%s/{name}", h_delete, true },
 };
 
+/* The route every sub-resource (…/{name}/PATH) goes through. */
+static const api_route sub_route = {
+    NULL, "/v1/projects/{project}/%s/{name}/%s", h_sub, true
+};
+
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 #define API_MAX_VERBS 8                /* custom methods per kind */
+#define API_MAX_SUBROUTES 8            /* sub-resource routes per kind */
 
 /* Responses --------------------------------------------------------------- */
+
+static void
+error_va(kb_http_req *req, int code, const char *status, const char *fmt,
+         va_list ap) __attribute__((format(printf, 4, 0)));
+
+static void
+error_va(kb_http_req *req, int code, const char *status, const char *fmt,
+         va_list ap)
+{
+    char msg[768];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (status == NULL)
+        status = kb_http_status_name(code);
+    kb_http_respond_json(req, code,
+        json_pack("{s:{s:i, s:s, s:s}}", "error", "code", code,
+                  "status", status, "message", msg));
+}
+
+void
+kb_api_error(kb_http_req *req, int code, const char *status,
+             const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    error_va(req, code, status, fmt, ap);
+    va_end(ap);
+}
 
 static void
 api_error(api_call *c, int code, const char *status, const char *fmt, ...)
@@ -123,17 +166,36 @@ api_error(api_call *c, int code, const char *status, const char *fmt, ...)
 static void
 api_error(api_call *c, int code, const char *status, const char *fmt, ...)
 {
-    char msg[768];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    error_va(c->req, code, status, fmt, ap);
     va_end(ap);
-    if (status == NULL)
-        status = kb_http_status_name(code);
-    kb_http_respond_json(c->req, code,
-        json_pack("{s:{s:i, s:s, s:s}}", "error", "code", code,
-                  "status", status, "message", msg));
+}
+
+void
+kb_api_fail(kb_http_req *req, int rc, const char *msg)
+{
+    static const struct { int rc, code; const char *status; } map[] = {
+        { KB_EINVAL,    400, "INVALID_ARGUMENT" },
+        { KB_EPRECOND,  400, "FAILED_PRECONDITION" },
+        { KB_ENOTFOUND, 404, "NOT_FOUND" },
+        { KB_ETOOBIG,   400, "INVALID_ARGUMENT" },
+        { KB_ECONFLICT, 409, "ABORTED" },
+        { KB_EBUSY,     503, "UNAVAILABLE" },
+    };
+
+    for (size_t i = 0; i < NELEM(map); i++)
+        if (map[i].rc == rc) {
+            kb_api_error(req, map[i].code, map[i].status, "%s",
+                         msg != NULL && msg[0] != '\0' ? msg
+                                                       : kb_strerror(rc));
+            return;
+        }
+    if (rc != KB_ENOMEM)
+        kb_log_error("API call failed", "{s:s, s:s}", "error",
+                     kb_strerror(rc), "path", req->path);
+    kb_api_error(req, 500, "INTERNAL", "internal error");
 }
 
 /* Map a store error to the client's answer. */
@@ -299,15 +361,18 @@ check_spec(api_call *c)
     why[0] = '\0';
     rc = c->kind->family->validate(c->api, c->spec, why, sizeof(why));
     if (rc == 0 && c->kind->family->prepare != NULL)
-        rc = c->kind->family->prepare(c->api, c->spec, c->old_doc, &c->reveal,
-                                      why, sizeof(why));
+        rc = c->kind->family->prepare(c->api, c->modify ? NULL : c->req,
+                                      c->name, c->spec,
+                                      c->modify ? c->base : c->old_doc,
+                                      &c->reveal, why, sizeof(why));
     if (rc == KB_ENOMEM) {
         api_error(c, 500, "INTERNAL", "out of memory");
         return false;
     }
     if (rc != 0) {
-        api_error(c, 400, "INVALID_ARGUMENT", "%s",
-                  why[0] ? why : "invalid specification");
+        kb_api_fail(c->req, rc == KB_EPRECOND || rc == KB_ENOTFOUND
+                            ? rc : KB_EINVAL,
+                    why[0] ? why : "invalid specification");
         return false;
     }
     return true;
@@ -451,7 +516,10 @@ apply_stored(api_call *c, const kb_resource *res)
         kb_log_info("applied", "{s:s, s:s, s:s, s:I}", "kind",
                     c->kind->kind->kind, "project", c->project, "name",
                     c->name, "version", (json_int_t)res->version);
-        respond_resource(c, res);
+        if (c->modify && c->change.respond != NULL)
+            c->change.respond(c->api, c->req, res->doc, c->change.arg);
+        else
+            respond_resource(c, res);
         return;
     }
 
@@ -505,6 +573,7 @@ call_cleanup(void *data)
     json_decref(c->spec);
     json_decref(c->old_doc);
     json_decref(c->reveal);
+    json_decref(c->base);
 }
 
 static void
@@ -759,6 +828,9 @@ kb_api_handle(kb_http_req *req, void *data)
         }
     }
     c->verb = t->verb;
+    c->sub = t->sub;
+    if (t->sub != NULL)
+        c->subname = param(req, &m, "sub");
     t->route->handler(c);
 }
 
@@ -766,6 +838,90 @@ static void
 h_verb(api_call *c)
 {
     c->verb->run(c->api, c->req, c->project, c->name);
+}
+
+static void
+h_sub(api_call *c)
+{
+    c->sub->run(c->api, c->req, c->project, c->name, c->subname);
+}
+
+/* Read-modify-write ------------------------------------------------------- */
+
+static void
+modify_got(int err, const kb_resource *res, void *data)
+{
+    api_call *c = data;
+    kb_put_opts o = { KB_PUT_UPDATE, 0, NULL };
+    char why[512] = "";
+    json_t *uid;
+    int rc;
+
+    if (err != 0) {
+        api_store_error(c, err);
+        return;
+    }
+    c->old_doc = json_deep_copy(res->doc);
+    c->old_version = res->version;
+    c->spec = json_deep_copy(res->doc);
+    if (c->old_doc == NULL || c->spec == NULL) {
+        api_error(c, 500, "INTERNAL", "out of memory");
+        return;
+    }
+    json_object_del(c->spec, "uid");
+    rc = c->change.change(c->api, c->spec, c->change.arg, why, sizeof(why));
+    if (rc != 0) {
+        kb_api_fail(c->req, rc, why);
+        return;
+    }
+    if ((c->base = json_deep_copy(c->spec)) == NULL) {
+        api_error(c, 500, "INTERNAL", "out of memory");
+        return;
+    }
+    if (!check_spec(c))
+        return;
+    uid = json_object_get(c->old_doc, "uid");
+    if (uid != NULL)
+        json_object_set(c->spec, "uid", uid);
+    o.expect_version = res->version;
+    rc = kb_store_put(c->api->ctx.store, c->kind->kind->collection, c->parent,
+                      c->name, c->spec, &o, put_done, c);
+    if (rc != 0)
+        api_store_error(c, rc);
+}
+
+void
+kb_api_modify(kb_api *api, kb_http_req *req, const char *kind,
+              const char *project, const char *name, const kb_api_change *ch)
+{
+    const api_kind *k = NULL;
+    api_call *c;
+    int rc;
+
+    for (size_t i = 0; i < NFAMILIES; i++)
+        if (strcmp(api->kinds[i].family->kind, kind) == 0)
+            k = &api->kinds[i];
+    c = kb_pool_calloc(req->pool, sizeof(*c));
+    if (k == NULL || c == NULL || ch == NULL || ch->change == NULL) {
+        kb_api_error(req, 500, "INTERNAL", "internal error");
+        return;
+    }
+    c->api = api;
+    c->req = req;
+    c->kind = k;
+    c->project = project;
+    c->name = name;
+    c->modify = true;
+    c->change = *ch;
+    snprintf(c->parent, sizeof(c->parent), "projects/%s", project);
+    if (kb_pool_cleanup_add(req->pool, call_cleanup, c) != 0) {
+        kb_api_error(req, 500, "INTERNAL", "out of memory");
+        return;
+    }
+    rc = kb_store_get(api->ctx.store, k->kind->collection, c->parent, name,
+                      modify_got, c);
+    if (rc != 0)
+        api_store_error(c, rc);
 }
 
 /* Setup ------------------------------------------------------------------- */
@@ -818,6 +974,29 @@ add_verb_route(kb_api *api, const kb_api_verb *v, const api_kind *k)
     return rc;
 }
 
+static int
+add_sub_route(kb_api *api, const kb_api_subroute *s, const api_kind *k)
+{
+    char pattern[256];
+    const char *why = NULL;
+    api_target *t;
+    int rc;
+
+    if (s - k->family->subroutes >= API_MAX_SUBROUTES)
+        return KB_ETOOBIG;
+    t = &api->targets[api->ntargets++];
+    t->route = &sub_route;
+    t->kind = k;
+    t->sub = s;
+    snprintf(pattern, sizeof(pattern), sub_route.pattern,
+             k->kind->collection, s->path);
+    rc = kb_router_add(api->router, s->method, pattern, t, &why);
+    if (rc != 0)
+        kb_log_error("bad API route", "{s:s, s:s}", "pattern", pattern,
+                     "error", why ? why : kb_strerror(rc));
+    return rc;
+}
+
 int
 kb_api_create(const kb_api_ctx *ctx, kb_api **out)
 {
@@ -831,7 +1010,8 @@ kb_api_create(const kb_api_ctx *ctx, kb_api **out)
     api->ctx.token = api->token;
     api->router = kb_router_create();
     api->targets = calloc(NELEM(global_routes) +
-                          NFAMILIES * (NELEM(kind_routes) + API_MAX_VERBS),
+                          NFAMILIES * (NELEM(kind_routes) + API_MAX_VERBS
+                                       + API_MAX_SUBROUTES),
                           sizeof(*api->targets));
     if (api->token == NULL || api->router == NULL || api->targets == NULL)
         goto out_free;
@@ -854,6 +1034,10 @@ kb_api_create(const kb_api_ctx *ctx, kb_api **out)
         for (const kb_api_verb *v = api_families[k]->verbs;
              v != NULL && v->verb != NULL; v++)
             if ((rc = add_verb_route(api, v, &api->kinds[k])) != 0)
+                goto out_free;
+        for (const kb_api_subroute *s = api_families[k]->subroutes;
+             s != NULL && s->method != NULL; s++)
+            if ((rc = add_sub_route(api, s, &api->kinds[k])) != 0)
                 goto out_free;
     }
     *out = api;

@@ -72,7 +72,8 @@ sha256_hex(const char *s, char out[65])
  * stored hash.  keyHash/keyPrefix sent by a client are ignored.
  */
 static int
-apikeys_prepare(kb_api *api, json_t *spec, const json_t *old_doc,
+apikeys_prepare(kb_api *api, kb_http_req *req, const char *name,
+                json_t *spec, const json_t *old_doc,
                 json_t **reveal, char *err, size_t errlen)
 {
     char key[KEY_MAX + 1], hash[65], prefix[9];

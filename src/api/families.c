@@ -1,46 +1,10 @@
 /*
- * families.c - the planes behind the first resource kinds: services run on
- * the runtime, gateways install route tables.  Each family is a small
- * adapter from the API's stored spec to its plane's header API.
+ * families.c - the plane behind the Gateway kind: gateways install route
+ * tables.  A family is a small adapter from the API's stored spec to its
+ * plane's header API (services: services.c, API keys: apikeys.c).
  */
 #include "api/api.h"
 #include "core/err.h"
-
-/* Services ---------------------------------------------------------------- */
-
-static int
-services_validate(kb_api *api, const json_t *spec, char *err, size_t errlen)
-{
-    return kb_runtime_validate(spec, err, errlen);
-}
-
-static int
-services_apply(kb_api *api, const char *project, const char *name,
-               const json_t *spec, char *err, size_t errlen)
-{
-    return kb_runtime_apply(kb_api_context(api)->runtime, project, name, spec,
-                            err, errlen);
-}
-
-static void
-services_remove(kb_api *api, const char *project, const char *name)
-{
-    (void)kb_runtime_remove(kb_api_context(api)->runtime, project, name);
-}
-
-static json_t *
-services_status(kb_api *api, const char *project, const char *name)
-{
-    return kb_runtime_status(kb_api_context(api)->runtime, project, name);
-}
-
-const kb_api_family kb_api_services = {
-    .kind = "Service",
-    .validate = services_validate,
-    .apply = services_apply,
-    .remove = services_remove,
-    .status = services_status,
-};
 
 /* Gateways ---------------------------------------------------------------- */
 

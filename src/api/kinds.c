@@ -28,45 +28,95 @@
 static const kb_field service_fields[] = {
     { "command", KB_FIELD_STRING, true, 0, 4096, false,
       "Program to run: a path, or a name looked up in PATH. Each instance "
-      "gets PORT, a free loopback port it must listen on." },
+      "gets PORT, a free loopback port it must listen on.", 0 },
     { "args", KB_FIELD_STRING_LIST, false, 0, 256, false,
-      "Arguments passed to the command." },
+      "Arguments passed to the command.", 0 },
     { "env", KB_FIELD_STRING_MAP, false, 0, 256, false,
       "Environment variables added to each instance (values are strings: "
-      "quote numbers)." },
+      "quote numbers). PORT, K_SERVICE, K_REVISION, K_CONFIGURATION and "
+      "KIBAN_PROJECT are reserved.", 0 },
+    { "workingDir", KB_FIELD_STRING, false, 0, 4096, false,
+      "Absolute working directory of each instance (default: the server's).",
+      0 },
+    { "resources", KB_FIELD_OBJECT, false, 0, 0, false,
+      "Limits per instance: {memory: 512Mi, cpu: \"0.5\"} (memory in bytes "
+      "or k/M/G/Ki/Mi/Gi; cpu in cores or millicores like 500m).", 0 },
+    { "concurrency", KB_FIELD_INT, false, 1, 1000, false,
+      "Most requests one instance serves at once (default 80).", 0 },
+    { "minInstances", KB_FIELD_INT, false, 0, 1000, false,
+      "Instances kept warm while the revision has traffic or a tag "
+      "(default 0: scale to zero).", 0 },
+    { "maxInstances", KB_FIELD_INT, false, 1, 1000, false,
+      "Most instances autoscaling starts (default 100).", 0 },
     { "instances", KB_FIELD_INT, false, 0, 64, false,
-      "Number of processes to keep running (0 stops the service)." },
+      "A fixed number of instances (turns autoscaling off; not with "
+      "minInstances/maxInstances).", 0 },
+    { "scaleDownDelay", KB_FIELD_STRING, false, 0, 32, false,
+      "How long an instance may idle before scale-in stops it: \"30s\", "
+      "\"5m\" or seconds (default 60s).", KB_FIELD_OR_NUMBER },
+    { "timeout", KB_FIELD_STRING, false, 0, 32, false,
+      "How long a request may wait for an instance (cold start, queue): "
+      "a duration or seconds (default 300s).", KB_FIELD_OR_NUMBER },
+    { "startupProbe", KB_FIELD_OBJECT, false, 0, 0, false,
+      "When a new instance is ready: {httpGet: {path: /healthz}} or "
+      "{tcpSocket: {}} with periodSeconds, timeoutSeconds, "
+      "failureThreshold, initialDelaySeconds (default: TCP every 50 ms for "
+      "up to 10 s).", 0 },
+    { "readinessProbe", KB_FIELD_OBJECT, false, 0, 0, false,
+      "Checked while an instance runs; failing takes it out of rotation "
+      "(default: none).", 0 },
+    { "livenessProbe", KB_FIELD_OBJECT, false, 0, 0, false,
+      "Checked while an instance runs; failing restarts it (default: "
+      "none).", 0 },
+    { "terminationGracePeriod", KB_FIELD_STRING, false, 0, 32, false,
+      "Time between SIGTERM and SIGKILL when an instance stops (default "
+      "10s).", KB_FIELD_OR_NUMBER },
+    { "traffic", KB_FIELD_OBJECT, false, 0, 1000, false,
+      "Traffic split: a list of {revisionName: R | latestRevision: true, "
+      "percent: N, tag: T}; percents sum to 100 (default: all to the "
+      "latest revision; kept as stored when an update leaves it out).",
+      KB_FIELD_LIST },
+    { "revisionHistoryLimit", KB_FIELD_INT, false, 1, 1000, false,
+      "Revisions kept besides the latest and those traffic or a tag "
+      "references (default 20).", 0 },
+    { "revisions", KB_FIELD_OBJECT, false, 0, 0, false,
+      "Output only: the service's revisions, oldest first.",
+      KB_FIELD_UNCHECKED },
+    { "revisionCounter", KB_FIELD_INT, false, 0, 0, false,
+      "Output only: revisions created so far (never reused).",
+      KB_FIELD_UNCHECKED },
 };
 
 static const kb_field gateway_fields[] = {
     { "openapi", KB_FIELD_OBJECT, false, 0, 0, false,
       "The OpenAPI document (inline) declaring the routes and their backends "
-      "(x-google-backend). Set exactly one of openapi and openapiFile." },
+      "(x-google-backend). Set exactly one of openapi and openapiFile.", 0 },
     { "openapiFile", KB_FIELD_STRING, false, 0, 4096, true,
       "Path of a YAML or JSON OpenAPI document, relative to the manifest's "
-      "directory; the CLI reads it and sends it as openapi." },
+      "directory; the CLI reads it and sends it as openapi.", 0 },
     { "hosts", KB_FIELD_STRING_LIST, false, 0, 64, false,
-      "Host names this gateway answers for (empty: every host)." },
+      "Host names this gateway answers for (empty: every host).", 0 },
 };
 
 static const kb_field apikey_fields[] = {
     { "keyString", KB_FIELD_STRING, false, 0, 256, false,
       "The key (16 to 256 characters). Omit it to have one generated: it is "
       "shown once, in the answer to the create call. Only its SHA-256 is "
-      "stored; a later update without keyString keeps the key." },
+      "stored; a later update without keyString keeps the key.", 0 },
     { "gateways", KB_FIELD_STRING_LIST, false, 0, 64, false,
-      "Gateways of the project that accept this key (empty: all)." },
+      "Gateways of the project that accept this key (empty: all).", 0 },
     { "displayName", KB_FIELD_STRING, false, 0, 256, false,
-      "A label for people." },
+      "A label for people.", 0 },
     { "keyHash", KB_FIELD_STRING, false, 0, 64, false,
-      "Output only: the key's SHA-256 (hex); ignored on input." },
+      "Output only: the key's SHA-256 (hex); ignored on input.", 0 },
     { "keyPrefix", KB_FIELD_STRING, false, 0, 8, false,
-      "Output only: the key's first 8 characters, to tell keys apart." },
+      "Output only: the key's first 8 characters, to tell keys apart.", 0 },
 };
 
 static const kb_kind kind_service = {
     "Service", "services", "service",
-    "A program kiban keeps running as local processes.",
+    "A program kiban runs as immutable revisions of local processes, with "
+    "traffic split across revisions, tags and autoscaling.",
     service_fields, sizeof(service_fields) / sizeof(service_fields[0]),
 };
 
@@ -214,6 +264,10 @@ check_field(const kb_field *f, const json_t *v, char *field, size_t fieldlen,
     char sub[512];
     int rc;
 
+    if (f->variant == KB_FIELD_UNCHECKED)
+        return 0;
+    if (f->variant == KB_FIELD_OR_NUMBER && json_is_number(v))
+        return 0;
     switch (f->type) {
     case KB_FIELD_STRING:
         return check_string(v, limit(f->max, KIND_MAX_STRING), f->required,
@@ -278,6 +332,25 @@ check_field(const kb_field *f, const json_t *v, char *field, size_t fieldlen,
         return 0;
     }
     case KB_FIELD_OBJECT:
+        if (f->variant == KB_FIELD_LIST) {
+            size_t i;
+            json_t *item;
+            long long max = limit(f->max, KIND_MAX_ITEMS);
+            if (!json_is_array(v))
+                return reject(field, fieldlen, err, errlen, f->name,
+                              "must be a list of mappings");
+            if ((long long)json_array_size(v) > max)
+                return reject(field, fieldlen, err, errlen, f->name,
+                              "has more than %lld items", max);
+            json_array_foreach(v, i, item) {
+                if (json_is_object(item))
+                    continue;
+                snprintf(sub, sizeof(sub), "%s[%zu]", f->name, i);
+                return reject(field, fieldlen, err, errlen, sub,
+                              "must be a mapping");
+            }
+            return 0;
+        }
         if (!json_is_object(v))
             return reject(field, fieldlen, err, errlen, f->name,
                           "must be a mapping");

@@ -30,6 +30,16 @@ typedef enum kb_field_type {
     KB_FIELD_OBJECT            /* any JSON object (e.g. an OpenAPI doc) */
 } kb_field_type;
 
+/* Refinements of a field's type (kb_field.variant). */
+typedef enum kb_field_variant {
+    KB_FIELD_PLAIN = 0,
+    KB_FIELD_OR_NUMBER,        /* STRING that may be a number as well
+                                  (a duration: "30s" or 30) */
+    KB_FIELD_LIST,             /* OBJECT: a list of mappings instead */
+    KB_FIELD_UNCHECKED         /* any JSON: output-only, the server
+                                  replaces what a client sends */
+} kb_field_variant;
+
 typedef struct kb_field {
     const char   *name;
     kb_field_type type;
@@ -39,6 +49,7 @@ typedef struct kb_field {
     bool          cli_only;    /* resolved by the CLI, never sent (e.g.
                                   Gateway openapiFile) */
     const char   *help;
+    kb_field_variant variant;
 } kb_field;
 
 typedef struct kb_kind {

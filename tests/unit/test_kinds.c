@@ -151,6 +151,42 @@ test_service_check(void **state)
     check_bad("Service", "[]", false, "", "must be a mapping");
 }
 
+/* The revision-era Service fields: durations as text or seconds, objects,
+ * the traffic list, and output-only fields passed through unchecked. */
+static void
+test_service_revision_fields(void **state)
+{
+    (void)state;
+    check_ok("Service", "{'command': 'x', 'workingDir': '/srv',"
+             " 'resources': {'memory': '512Mi', 'cpu': '0.5'},"
+             " 'concurrency': 80, 'minInstances': 0, 'maxInstances': 100,"
+             " 'scaleDownDelay': '30s', 'timeout': 300,"
+             " 'terminationGracePeriod': 2.5,"
+             " 'startupProbe': {'tcpSocket': {}}, 'readinessProbe': {},"
+             " 'livenessProbe': {'httpGet': {'path': '/'}},"
+             " 'traffic': [{'latestRevision': true, 'percent': 100}],"
+             " 'revisionHistoryLimit': 5,"
+             " 'revisions': [{'name': 'x-00001-abc'}], 'revisionCounter': 1}",
+             false);
+    check_ok("Service", "{'command': 'x', 'revisions': 'anything'}", false);
+    check_bad("Service", "{'command': 'x', 'scaleDownDelay': true}", false,
+              "scaleDownDelay", "must be a string");
+    check_bad("Service", "{'command': 'x', 'timeout': ['1s']}", false,
+              "timeout", "must be a string");
+    check_bad("Service", "{'command': 'x', 'traffic': {'percent': 100}}",
+              false, "traffic", "must be a list of mappings");
+    check_bad("Service", "{'command': 'x', 'traffic': [1]}", false,
+              "traffic[0]", "must be a mapping");
+    check_bad("Service", "{'command': 'x', 'resources': '1Gi'}", false,
+              "resources", "must be a mapping");
+    check_bad("Service", "{'command': 'x', 'concurrency': 0}", false,
+              "concurrency", "between 1 and 1000");
+    check_bad("Service", "{'command': 'x', 'revisionHistoryLimit': 0}",
+              false, "revisionHistoryLimit", "between 1 and 1000");
+    check_bad("Service", "{'command': 'x', 'startupProbe': []}", false,
+              "startupProbe", "must be a mapping");
+}
+
 static void
 test_bounds(void **state)
 {
@@ -257,6 +293,7 @@ main(void)
         cmocka_unit_test(test_find),
         cmocka_unit_test(test_name_valid),
         cmocka_unit_test(test_service_check),
+        cmocka_unit_test(test_service_revision_fields),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_gateway_check),
     };
