@@ -71,6 +71,7 @@ call_free(agg_call *k)
     free(k->name);
     free(k->address);
     free(k->b.service);
+    free(k->b.tag);
     free(k->b.host);
     free(k->b.authority);
     free(k->b.path);
@@ -669,9 +670,11 @@ call_start(struct gw_agg_req *ar, size_t i)
         }
         kb_buf_free(&body);
     }
-    if ((rc = gw__backend_pick(c, &k->b, &r->pick)) != 0) {
+    /* calls do not wait for a cold start: a busy or starting revision
+     * fails this call (the runtime scales up for the next request) */
+    if ((rc = gw__backend_pick(c, &k->b, NULL, NULL, &r->pick)) != 0) {
         r->err = rc;
-        r->fail = rc == KB_EUNAVAIL ? "no instance" : "unknown service";
+        r->fail = rc == KB_ENOTFOUND ? "unknown service" : "no instance";
         return;
     }
     r->picked = true;
@@ -723,7 +726,8 @@ required_status(const agg_result *r)
 {
     if (r->err == KB_ETIMEDOUT)
         return 504;
-    if (r->err == KB_EUNAVAIL)
+    if (r->err == KB_EUNAVAIL || r->err == KB_EAGAIN ||
+        r->err == KB_ETOOBIG)
         return 503;
     if (r->status >= 400 && r->status <= 499)
         return r->status;

@@ -12,6 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+const gw_rt_ops gw__rt_ops = {
+    .acquire = kb_runtime_acquire,
+    .wait_cancel = kb_runtime_wait_cancel,
+    .release = kb_runtime_release,
+    .at_capacity = kb_runtime_at_capacity,
+};
+
 int
 kb_gateway_create(uv_loop_t *loop, kb_http_client *client, kb_runtime *rt,
                   kb_gateway **out)
@@ -25,14 +32,14 @@ kb_gateway_create(uv_loop_t *loop, kb_http_client *client, kb_runtime *rt,
     gw->loop = loop;
     gw->client = client;
     gw->rt = rt;
-    gw->resolve = rt != NULL ? kb_runtime_endpoints : NULL;
+    gw->rt_ops = rt != NULL ? &gw__rt_ops : NULL;
+    snprintf(gw->domain, sizeof(gw->domain), "localhost");
     atomic_init(&gw->retry_budget, 10000);   /* 10 retries banked */
     if (pthread_mutex_init(&gw->lock, NULL) != 0) {
         free(gw);
         return KB_ENOMEM;
     }
     if ((rc = gw__table_build(NULL, 0, NULL, &gw->table, NULL, 0)) != 0 ||
-        (rc = gw__instances_create(&gw->instances)) != 0 ||
         (rc = kb_gateway_set_access_log(gw, "stderr")) != 0 ||
         (rc = gw__auth_init(gw)) != 0 ||
         (rc = gw__ratelimit_init(gw)) != 0 ||
@@ -162,7 +169,6 @@ kb_gateway_free(kb_gateway *gw)
     gw__ratelimit_fini(gw);
     gw__auth_fini(gw);
     gw__accesslog_free(gw);
-    gw__instances_free(gw->instances);
     free(gw->ca_file);
     gw__table_unref(gw->table);
     for (size_t i = 0; i < gw->nspecs; i++)

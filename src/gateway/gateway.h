@@ -6,13 +6,17 @@
  * the operation's `x-google-backend`, else the document's top-level one:
  *   x-google-backend: { address: "http://127.0.0.1:9000" }   URL
  *   x-google-backend: { address: "service://hello" }         kiban service
+ *   x-google-backend: { address: "service://hello@green" }   its tag
  * with path_translation APPEND_PATH_TO_ADDRESS (default at top level) or
  * CONSTANT_ADDRESS (default at operation level) and deadline (seconds,
  * default 15).  Gateways may name `hosts`: requests whose Host matches go to
  * that gateway's routes; gateways without hosts serve every other host.
  *
- * Answers: no route 404, wrong method 405 (with Allow), backend unreachable
- * 502, service without a running instance 503, deadline 504, all with
+ * A request to a service waits (up to the route's deadline) while the
+ * runtime starts an instance or frees a slot.  Answers: no route 404,
+ * wrong method 405 (with Allow), backend unreachable 502, revision at its
+ * instance cap or wait queue full 429, service that cannot serve or no
+ * instance ready in time 503, deadline 504, all with
  * kiban's JSON error body.  Proxied requests get X-Forwarded-For,
  * X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id (kept or created) and a
  * W3C traceparent (propagated with a new span id, or created).
@@ -92,6 +96,19 @@ int  kb_gateway_set_access_log(kb_gateway *gw, const char *where);
 int  kb_gateway_set_ca_file(kb_gateway *gw, const char *path);
 /* Memory for the response cache (0 → 64 MiB); before traffic. */
 void kb_gateway_set_cache_size(kb_gateway *gw, size_t bytes);
+/*
+ * Direct service hosts under `domain` (default "localhost"; NULL or "" turns
+ * them off): Host SERVICE.DOMAIN follows the service's traffic split,
+ * TAG---SERVICE.DOMAIN goes to the revision with that tag, and
+ * SERVICE.PROJECT.DOMAIN / TAG---SERVICE.PROJECT.DOMAIN name a project
+ * other than "default".  A gateway naming the host in its `hosts` wins.
+ * Workers read the domain without a lock: call this on the control loop
+ * before any worker serves.  `port` > 0 (the gateway listener's) also
+ * sets the runtime's URL base (kb_runtime_set_url_base); 0 leaves that to
+ * the caller, e.g. once the listener's port is known.  0, KB_EINVAL (not
+ * a host name, or too long; the domain is then unchanged).
+ */
+int  kb_gateway_set_domain(kb_gateway *gw, const char *domain, int port);
 
 /* The kb_http_handler for the gateway listener (data = a worker). */
 void kb_gateway_handle(kb_http_req *req, void *worker);

@@ -37,6 +37,7 @@ typedef enum gw_path_translation {
 typedef struct gw_backend {
     struct gw_backend  *next;        /* the spec's list, for freeing */
     char               *service;     /* service://NAME, else NULL */
+    char               *tag;         /* service://NAME@TAG, else NULL */
     char               *host;        /* http:// host (no brackets) */
     int                 port;
     char               *authority;   /* Host header for the upstream */
@@ -124,17 +125,32 @@ typedef struct gw_table {
     kb_router      *fallback;        /* gateways without hosts */
 } gw_table;
 
-/* How service://NAME finds an instance: kb_runtime_endpoint, or a fake in
- * unit tests (kb_runtime_endpoints' contract).  Any thread. */
-typedef int (*gw_resolve_fn)(kb_runtime *rt, const char *project,
-                             const char *name, kb_endpoint *out, size_t max);
+/*
+ * How service:// backends reach the runtime: the kb_runtime_* data-path
+ * calls (runtime.h has their contracts), or fakes in unit tests.  One
+ * indirect call per use; any thread.
+ */
+typedef struct gw_rt_ops {
+    int  (*acquire)(kb_runtime *rt, const char *project, const char *name,
+                    const char *tag, const char *revision, uint32_t rnd,
+                    kb_rt_waiter *w, kb_rt_lease *lease);
+    bool (*wait_cancel)(kb_runtime *rt, kb_rt_waiter *w);
+    void (*release)(kb_runtime *rt, kb_rt_lease *lease, int err, int status);
+    bool (*at_capacity)(kb_runtime *rt, const char *project,
+                        const char *name, const char *revision);
+} gw_rt_ops;
+
+/* The real runtime's calls (gateway.c). */
+extern const gw_rt_ops gw__rt_ops;
+
+#define GW_SERVICE_HOST_DEADLINE_S 300.0  /* direct service hosts */
+#define GW_MAX_DOMAIN              200
 
 struct gw_jwks;          /* auth.c/jwks.c: key sets by URI or file */
 struct gw_keys;          /* auth.c: API keys */
 struct gw_rl_state;      /* ratelimit.c: token buckets */
 struct gw_cache;         /* cache.c: the response cache */
 struct gw_worker;
-struct gw_instances;     /* worker.c: per-instance load and ejection */
 struct gw_accesslog;     /* worker.c: where access-log lines go */
 
 /*
@@ -147,13 +163,13 @@ struct kb_gateway {
     uv_loop_t       *loop;           /* the control loop */
     kb_http_client  *client;         /* the control loop's client */
     kb_runtime      *rt;
-    gw_resolve_fn    resolve;
+    const gw_rt_ops *rt_ops;         /* NULL: no runtime (503/502) */
+    char             domain[GW_MAX_DOMAIN + 1]; /* service hosts; "" off */
     pthread_mutex_t  lock;           /* guards `table` for acquire/swap */
     gw_table        *table;
     _Atomic uint64_t table_gen;      /* bumped on every swap */
     gw_spec        **specs;          /* current gateways, in set order */
     size_t           nspecs;
-    struct gw_instances *instances;
     struct gw_accesslog *accesslog;
     _Atomic int64_t     retry_budget;    /* milli-retries (proxy.c) */
     char               *ca_file;         /* extra CAs: https, JWKS; NULL */
@@ -186,6 +202,8 @@ typedef struct gw_worker {
     bool             closing;
     int              open_handles;   /* closing: freed when 0 */
     size_t           live;           /* requests whose ctx exists */
+    struct gw_wait  *waiting;        /* requests waiting for an instance
+                                        (proxy.c; loop thread only) */
 } gw_worker;
 
 /* ------------------------------------------------------------------------ */
@@ -205,8 +223,10 @@ typedef struct gw_pick {
     int         port;
     char        authority[80];       /* Host header */
     bool        tls, h2;
-    const char *revision;            /* service:// only; pool; else NULL */
-    void       *instance;            /* for load/outlier accounting */
+    const char *revision;            /* service:// only (in lease or the
+                                        pool); else NULL */
+    kb_rt_lease lease;               /* service://: lease.instance set
+                                        while acquired */
 } gw_pick;
 
 /* Called with the upstream's answer before it is relayed (cache.c). */
@@ -256,6 +276,8 @@ typedef struct gw_ctx {
     uint64_t             upstream_ns;    /* summed over attempts */
     uint64_t             deadline_ns;    /* monotonic, for retries */
     int                  attempts;
+    bool                 direct;     /* a direct service host's request */
+    struct gw_wait      *wait;       /* waiting for an instance; pool */
     struct gw_ctx       *posted_next;
 } gw_ctx;
 
@@ -278,17 +300,28 @@ void gw__respond_error(gw_ctx *c, int status, const char *fmt, ...)
  * KB_ETOOBIG (GW_MAX_EXTRA reached), KB_ENOMEM. */
 int  gw__header_add(gw_ctx *c, bool upstream, const char *name,
                     const char *value);
+/* Shutdown of worker w (its loop thread): every request waiting for an
+ * instance is answered 503 now, or when its notify arrives. */
+void gw__waits_close(gw_worker *w);
 /* Continue the pipeline of a PENDING request: on its own loop thread. */
 void gw__resume(gw_ctx *c);
 /* Same, from any thread: queues c to its worker's loop. */
 void gw__post(gw_ctx *c);
 /*
- * Choose where a call to backend b goes (service:// → the least loaded
- * healthy instance).  0; KB_ENOTFOUND (no such service); KB_EUNAVAIL (no
- * running instance).  Every successful pick is paired with one
- * gw__backend_done() with the call's outcome (err, or the HTTP status).
+ * Choose where a call to backend b goes.  http(s)://: the address (load
+ * and ejection tracked per host:port).  service://: kb_runtime_acquire
+ * through gw->rt_ops, split by a per-thread random number, or b->tag;
+ * `revision` (NULL: none) asks for that revision again after a wait.
+ * 0; KB_ENOTFOUND (no such service or tag); KB_EUNAVAIL (the revision
+ * cannot serve); KB_ETOOBIG (its wait queue is full); KB_EAGAIN (no free
+ * instance: when w is not NULL it is queued and w->notify comes once;
+ * out->lease.ep.revision names the revision waited on).  Every
+ * successful pick is paired with exactly one gw__backend_done() with the
+ * call's outcome (err, or the HTTP status); done is a no-op on a pick
+ * already done.
  */
-int  gw__backend_pick(gw_ctx *c, const gw_backend *b, gw_pick *out);
+int  gw__backend_pick(gw_ctx *c, const gw_backend *b, const char *revision,
+                      kb_rt_waiter *w, gw_pick *out);
 void gw__backend_done(gw_ctx *c, gw_pick *p, int err, int status);
 /*
  * Send one upstream call over the worker's HTTP/1.1 client, or its
@@ -311,9 +344,6 @@ gw_table *gw__worker_table(gw_worker *w);
  * buffer (written when full, and every second). */
 void gw__accesslog(gw_ctx *c, int status, size_t bytes);
 void gw__accesslog_free(kb_gateway *gw);
-/* Per-instance bookkeeping (least-loaded choice, outlier ejection). */
-int  gw__instances_create(struct gw_instances **out);
-void gw__instances_free(struct gw_instances *in);
 
 /* Policy modules ---------------------------------------------------------
  *
@@ -456,6 +486,39 @@ void gw__table_unref(gw_table *t);
 /* The router for a Host header value (port stripped, case-insensitive);
  * the fallback router when no gateway names that host.  May be NULL. */
 const kb_router *gw__table_router(const gw_table *t, const char *host);
+/* The router of a gateway naming that host; NULL when none does. */
+const kb_router *gw__table_host_router(const gw_table *t, const char *host);
+
+/* svchost.c -------------------------------------------------------------- */
+
+#define GW_MAX_LABEL 63
+#define GW_MAX_TAG   46               /* TAG---SERVICE fits a label */
+
+/* A direct service host: [TAG---]SERVICE[.PROJECT].DOMAIN. */
+typedef struct gw_svc_host {
+    char project[GW_MAX_LABEL + 1];  /* "default" when not in the host */
+    char service[GW_MAX_LABEL + 1];
+    char tag[GW_MAX_LABEL + 1];      /* "" when none */
+} gw_svc_host;
+
+/*
+ * Parse a Host header value against `domain` (lower case, no port):
+ * case-insensitive, the port and one trailing dot ignored.  true and *out
+ * when it names a service (each label an RFC 1035 label); false otherwise
+ * (the domain itself, another domain, bad labels, more labels).
+ */
+bool gw__svc_host_parse(const char *domain, const char *host,
+                        gw_svc_host *out);
+/* Is s[0..n) an RFC 1035 label of at most max characters (lower-case
+ * letters, digits, '-'; a letter first; no '-' last)? */
+bool gw__label_ok(const char *s, size_t n, size_t max);
+/*
+ * The route of a request to a direct service host (built in the request
+ * pool: label "service:NAME" or "service:NAME@TAG", gateway label
+ * PROJECT, backend service://NAME[@TAG] with APPEND_PATH_TO_ADDRESS and
+ * a 300 s deadline).  NULL when out of memory.
+ */
+gw_route *gw__svc_route(gw_ctx *c, const gw_svc_host *h);
 
 /* proxy.c --------------------------------------------------------------- */
 

@@ -138,14 +138,28 @@ gw__address_parse(const char *a, gw_backend *b)
 
     if (strncasecmp(a, "service://", 10) == 0) {
         const char *name = a + 10;
-        size_t n = strcspn(name, "/");
+        size_t n = strcspn(name, "/@"), tn = 0;
+        const char *tag = name[n] == '@' ? name + n + 1 : NULL;
         if (!service_name_ok(name, n))
             return "not a valid URL: service://NAME needs a service name "
                    "(lower-case letters, digits and '-')";
-        if ((why = address_path_check(name + n)) != NULL)
+        if (tag != NULL) {
+            tn = strcspn(tag, "/");
+            if (!gw__label_ok(tag, tn, GW_MAX_TAG))
+                return "not a valid URL: service://NAME@TAG needs a tag of "
+                       "1 to 46 lower-case letters, digits and '-' (a "
+                       "letter first, no '-' last)";
+        }
+        if ((why = address_path_check(tag != NULL ? tag + tn : name + n)) !=
+            NULL)
             return why;
         b->service = dup_n(name, n);
-        b->path = strdup(name + n);
+        if (tag != NULL)
+            b->tag = dup_n(tag, tn);
+        /* path NULL tells the caller memory ran out */
+        b->path = tag == NULL || b->tag != NULL
+                      ? strdup(tag != NULL ? tag + tn : name + n)
+                      : NULL;
         return NULL;
     }
     for (k = 0; k < sizeof(schemes) / sizeof(schemes[0]); k++)
@@ -222,6 +236,7 @@ static void
 backend_free(gw_backend *b)
 {
     free(b->service);
+    free(b->tag);
     free(b->host);
     free(b->authority);
     free(b->path);

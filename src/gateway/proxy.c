@@ -29,28 +29,35 @@
 
 typedef gw_step (*gw_stage_fn)(gw_ctx *c);
 
+static void wait_end(gw_ctx *c);
+
 static gw_step stage_identity(gw_ctx *c);
 static gw_step stage_route(gw_ctx *c);
 static gw_step stage_backend(gw_ctx *c);
 static gw_step stage_upstream(gw_ctx *c);
 
-/* The pipeline, in order (gw_int.h says what each module does). */
+enum {
+    ST_IDENTITY, ST_ROUTE, ST_CORS, ST_AUTH, ST_RATELIMIT, ST_VALIDATE,
+    ST_CACHE, ST_AGGREGATE, ST_BACKEND, ST_UPSTREAM, NSTAGES
+};
+
+/* The pipeline, in order (gw_int.h says what each module does).  Requests
+ * to a direct service host go from route straight to backend. */
 static const struct {
     const char *name;
     gw_stage_fn run;
-} stages[] = {
-    { "identity",  stage_identity },
-    { "route",     stage_route },
-    { "cors",      gw__cors_stage },
-    { "auth",      gw__auth_stage },
-    { "ratelimit", gw__ratelimit_stage },
-    { "validate",  gw__validate_stage },
-    { "cache",     gw__cache_stage },
-    { "aggregate", gw__aggregate_stage },
-    { "backend",   stage_backend },
-    { "upstream",  stage_upstream },
+} stages[NSTAGES] = {
+    [ST_IDENTITY]  = { "identity",  stage_identity },
+    [ST_ROUTE]     = { "route",     stage_route },
+    [ST_CORS]      = { "cors",      gw__cors_stage },
+    [ST_AUTH]      = { "auth",      gw__auth_stage },
+    [ST_RATELIMIT] = { "ratelimit", gw__ratelimit_stage },
+    [ST_VALIDATE]  = { "validate",  gw__validate_stage },
+    [ST_CACHE]     = { "cache",     gw__cache_stage },
+    [ST_AGGREGATE] = { "aggregate", gw__aggregate_stage },
+    [ST_BACKEND]   = { "backend",   stage_backend },
+    [ST_UPSTREAM]  = { "upstream",  stage_upstream },
 };
-#define NSTAGES (sizeof(stages) / sizeof(stages[0]))
 
 /* ------------------------------------------------------------------------ */
 /* Pure helpers (unit tested)                                                */
@@ -354,8 +361,11 @@ answer(gw_ctx *c, int status, const kb_http_header *headers,
        const kb_http_header *trailers, size_t ntrailers)
 {
     size_t nh;
-    kb_http_header *h = with_extra(c, headers, nheaders, &nh);
+    kb_http_header *h;
 
+    if (c->wait != NULL)
+        wait_end(c);
+    h = with_extra(c, headers, nheaders, &nh);
     c->answered = true;
     count_request(c, status);
     observe_request(c, status);
@@ -459,6 +469,164 @@ gw__header_add(gw_ctx *c, bool upstream, const char *name, const char *value)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Waiting for an instance (cold start, or every instance busy)              */
+
+typedef enum gw_wait_state {
+    GW_WAIT_IDLE,                /* not queued at the runtime */
+    GW_WAIT_QUEUED,              /* queued: notify comes, or cancel works */
+    GW_WAIT_NOTIFYING            /* cancel failed: notify is on its way */
+} gw_wait_state;
+
+typedef struct gw_wait_timer {
+    uv_timer_t     timer;        /* malloc'd: outlives the pool until its
+                                    close callback */
+    struct gw_wait *wait;        /* NULL once the wait has ended */
+} gw_wait_timer;
+
+/* A request's wait (in the request pool, from its first KB_EAGAIN). */
+struct gw_wait {
+    kb_rt_waiter    w;           /* the runtime queues this */
+    gw_ctx         *c;
+    struct gw_wait *prev, *next; /* the worker's waiting list */
+    gw_wait_timer  *timer;       /* NULL: not started or closed */
+    gw_wait_state   state;
+    bool            linked;      /* on the worker's list */
+    bool            expired;     /* the deadline passed */
+    char            revision[sizeof(((kb_endpoint *)0)->revision)];
+};
+
+static void
+wait_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* The wait is over (the request got an instance, or is answered): stop
+ * its timer and take it off the worker's list.  Not while QUEUED. */
+static void
+wait_end(gw_ctx *c)
+{
+    struct gw_wait *wt = c->wait;
+    gw_worker *w = c->w;
+
+    if (wt->timer != NULL) {
+        wt->timer->wait = NULL;
+        uv_close((uv_handle_t *)&wt->timer->timer, wait_timer_closed);
+        wt->timer = NULL;
+    }
+    if (wt->linked) {
+        if (wt->prev != NULL)
+            wt->prev->next = wt->next;
+        else
+            w->waiting = wt->next;
+        if (wt->next != NULL)
+            wt->next->prev = wt->prev;
+        wt->prev = wt->next = NULL;
+        wt->linked = false;
+    }
+}
+
+/* From any thread: an instance may be free now; acquire again on the
+ * request's own loop. */
+static void
+on_notify(kb_rt_waiter *w)
+{
+    gw__post(((struct gw_wait *)w)->c);
+}
+
+/* Try to take the waiter off the runtime's queue: true if it was taken
+ * (no notify will come), false if a notify is on its way. */
+static bool
+wait_cancel(gw_ctx *c)
+{
+    struct gw_wait *wt = c->wait;
+
+    if (wt->state != GW_WAIT_QUEUED)
+        return wt->state == GW_WAIT_IDLE;
+    if (c->gw->rt_ops->wait_cancel(c->gw->rt, &wt->w)) {
+        wt->state = GW_WAIT_IDLE;
+        return true;
+    }
+    wt->state = GW_WAIT_NOTIFYING;
+    return false;
+}
+
+/* The wait ran past the deadline: 429 when the revision is at its
+ * instance cap (more would not have helped), else 503. */
+static void
+wait_timeout_answer(gw_ctx *c)
+{
+    const gw_backend *b = c->route->backend;
+    struct gw_wait *wt = c->wait;
+    const char *rev = wt->revision[0] != '\0' ? wt->revision : b->service;
+
+    if (c->gw->rt_ops->at_capacity(c->gw->rt, c->route->spec->project,
+                                   b->service, wt->revision)) {
+        (void)gw__header_add(c, false, "Retry-After", "1");
+        gw__respond_error(c, 429, "revision %s is at its maximum number of "
+                          "instances and none became free within %.3gs",
+                          rev, (double)b->deadline_ms / 1000.0);
+        return;
+    }
+    gw__respond_error(c, 503, "no instance of %s became ready within %.3gs",
+                      rev, (double)b->deadline_ms / 1000.0);
+}
+
+static void
+on_wait_timeout(uv_timer_t *t)
+{
+    gw_wait_timer *wtm = t->data;
+    struct gw_wait *wt = wtm->wait;
+
+    if (wt == NULL)
+        return;
+    wt->expired = true;
+    if (wait_cancel(wt->c))
+        wait_timeout_answer(wt->c);
+    /* else the notify's resume sees `expired` and answers */
+}
+
+/* Queue c's wait on its worker and arm the deadline (first wait only). */
+static int
+wait_begin(gw_ctx *c)
+{
+    struct gw_wait *wt = c->wait;
+    gw_worker *w = c->w;
+    uint64_t now = kb_time_mono_ns(), ms;
+
+    wt->state = GW_WAIT_QUEUED;
+    if (wt->linked)
+        return 0;
+    if ((wt->timer = malloc(sizeof(*wt->timer))) == NULL)
+        return KB_ENOMEM;
+    wt->timer->wait = wt;
+    uv_timer_init(w->loop, &wt->timer->timer);
+    wt->timer->timer.data = wt->timer;
+    ms = c->deadline_ns > now ? (c->deadline_ns - now + 999999) / 1000000
+                              : 0;
+    uv_timer_start(&wt->timer->timer, on_wait_timeout, ms, 0);
+    wt->next = w->waiting;
+    if (w->waiting != NULL)
+        w->waiting->prev = wt;
+    w->waiting = wt;
+    wt->linked = true;
+    return 0;
+}
+
+void
+gw__waits_close(gw_worker *w)
+{
+    struct gw_wait *wt = w->waiting, *next;
+
+    for (; wt != NULL; wt = next) {
+        next = wt->next;
+        if (wait_cancel(wt->c))
+            gw__respond_error(wt->c, 503, "the gateway is shutting down");
+        /* else the notify's resume sees `closing` and answers */
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* Stages                                                                    */
 
 static void
@@ -474,6 +642,8 @@ pipeline_run(gw_ctx *c)
 void
 gw__resume(gw_ctx *c)
 {
+    if (c->wait != NULL && c->wait->state != GW_WAIT_IDLE)
+        c->wait->state = GW_WAIT_IDLE;       /* posted by on_notify */
     if (c->aborted) {
         c->what = c->route != NULL ? NULL : "(aborted)";
         gw__respond(c, GW_STATUS_ABORTED, NULL, 0, NULL, 0);
@@ -496,13 +666,40 @@ stage_identity(gw_ctx *c)
     return GW_NEXT;
 }
 
+/* A request to a direct service host: its route, straight to backend. */
+static gw_step
+route_service_host(gw_ctx *c, const gw_svc_host *sh)
+{
+    gw_route *r = gw__svc_route(c, sh);
+
+    if (r == NULL) {
+        c->what = "(service)";
+        gw__respond_error(c, 500, "out of memory");
+        return GW_DONE;
+    }
+    c->route = r;
+    c->direct = true;
+    c->stage = ST_BACKEND;
+    return GW_NEXT;
+}
+
 static gw_step
 stage_route(gw_ctx *c)
 {
-    const kb_router *router =
-        gw__table_router(c->table, kb_http_req_header(c->req, "Host"));
-    int rc = kb_router_match(router, c->req->method, c->req->path,
-                             strlen(c->req->path), &c->match);
+    const char *host = kb_http_req_header(c->req, "Host");
+    const kb_router *router = gw__table_host_router(c->table, host);
+    gw_svc_host sh;
+    int rc;
+
+    if (router == NULL) {
+        /* no gateway claims the host: a service's own, or the fallback */
+        if (c->gw->domain[0] != '\0' &&
+            gw__svc_host_parse(c->gw->domain, host, &sh))
+            return route_service_host(c, &sh);
+        router = c->table->fallback;
+    }
+    rc = kb_router_match(router, c->req->method, c->req->path,
+                         strlen(c->req->path), &c->match);
 
     if (rc == 200) {
         c->route = c->match.target;
@@ -533,35 +730,120 @@ stage_route(gw_ctx *c)
     return GW_DONE;
 }
 
-/* Pick where the (next) attempt goes; answers 502/503 when nowhere. */
+/* Answer a failed pick: unknown service or tag (502 on a route, 404 on
+ * a service host), cannot serve 503, queue full 429. */
+static void
+pick_failed(gw_ctx *c, int rc)
+{
+    const gw_backend *b = c->route->backend;
+
+    if (rc == KB_ENOTFOUND) {
+        int status = c->direct ? 404 : 502;
+        if (b->tag != NULL)
+            gw__respond_error(c, status, "service %s has no revision tagged "
+                              "%s", b->service, b->tag);
+        else if (c->direct)
+            gw__respond_error(c, status, "no service %s in project %s",
+                              b->service, c->route->spec->project);
+        else
+            gw__respond_error(c, status, "service %s not found", b->service);
+    } else if (rc == KB_EUNAVAIL) {
+        gw__respond_error(c, 503, "service %s has no running instance",
+                          b->service);
+    } else if (rc == KB_ETOOBIG) {
+        (void)gw__header_add(c, false, "Retry-After", "1");
+        gw__respond_error(c, 429, "too many requests are waiting for an "
+                          "instance of service %s", b->service);
+    } else if (rc == KB_EAGAIN) {
+        gw__respond_error(c, 503, "no instance of service %s is free",
+                          b->service);
+    } else {
+        gw__respond_error(c, 500, "cannot choose a backend: %s",
+                          kb_strerror(rc));
+    }
+}
+
+/* Pick where a retry goes (it does not wait); answers when nowhere. */
 static bool
 pick_backend(gw_ctx *c)
 {
-    const gw_backend *b = c->route->backend;
-    int rc = gw__backend_pick(c, b, &c->pick);
+    int rc = gw__backend_pick(c, c->route->backend, NULL, NULL, &c->pick);
 
     if (rc == 0) {
         c->picked = true;
         return true;
     }
-    if (rc == KB_EUNAVAIL)
-        gw__respond_error(c, 503, "service %s has no running instance",
-                          b->service);
-    else if (rc == KB_ENOTFOUND)
-        gw__respond_error(c, 502, "service %s not found", b->service);
-    else
-        gw__respond_error(c, 500, "cannot choose a backend: %s",
-                          kb_strerror(rc));
+    pick_failed(c, rc);
     return false;
+}
+
+/*
+ * The first pick, which may wait: on KB_EAGAIN the request is queued at
+ * the runtime and PENDING until notified (then this stage runs again and
+ * asks for the same revision), the deadline passes, or the client goes.
+ */
+static gw_step
+backend_acquire(gw_ctx *c)
+{
+    const gw_backend *b = c->route->backend;
+    struct gw_wait *wt = c->wait;
+    kb_rt_waiter *w = NULL;
+    int rc;
+
+    if (b->service != NULL && !c->w->closing &&
+        (wt == NULL || !wt->expired)) {
+        if (wt == NULL) {
+            if ((wt = kb_pool_calloc(c->req->pool, sizeof(*wt))) == NULL) {
+                gw__respond_error(c, 500, "out of memory");
+                return GW_DONE;
+            }
+            wt->w.notify = on_notify;
+            wt->c = c;
+            c->wait = wt;
+        }
+        w = &wt->w;
+    }
+    rc = gw__backend_pick(c, b,
+                          wt != NULL && wt->revision[0] != '\0' ? wt->revision
+                                                                 : NULL,
+                          w, &c->pick);
+    if (rc == KB_EAGAIN && w != NULL) {
+        snprintf(wt->revision, sizeof(wt->revision), "%s",
+                 c->pick.lease.ep.revision);
+        if (wait_begin(c) != 0) {
+            if (wait_cancel(c)) {
+                gw__respond_error(c, 500, "out of memory");
+                return GW_DONE;
+            }
+        }
+        c->stage--;                  /* run this stage again on resume */
+        return GW_PENDING;
+    }
+    if (rc == KB_EAGAIN && wt != NULL && wt->expired) {
+        wait_timeout_answer(c);
+        return GW_DONE;
+    }
+    if (rc != 0) {
+        pick_failed(c, rc);
+        return GW_DONE;
+    }
+    if (wt != NULL)
+        wait_end(c);
+    c->picked = true;
+    return GW_NEXT;
 }
 
 static gw_step
 stage_backend(gw_ctx *c)
 {
+    gw_step step;
     int rc;
 
-    if (!pick_backend(c))
-        return GW_DONE;
+    if (c->deadline_ns == 0)         /* covers the wait and the call */
+        c->deadline_ns = kb_time_mono_ns() +
+                         c->route->backend->deadline_ms * 1000000ull;
+    if ((step = backend_acquire(c)) != GW_NEXT)
+        return step;
     rc = gw__target_build(c->route, &c->match, c->req->path, c->req->query,
                           &c->target);
     if (rc != 0) {
@@ -571,8 +853,6 @@ stage_backend(gw_ctx *c)
                           "cannot build the upstream request target");
         return GW_DONE;
     }
-    c->deadline_ns = kb_time_mono_ns() +
-                     c->route->backend->deadline_ms * 1000000ull;
     return GW_NEXT;
 }
 
@@ -720,6 +1000,15 @@ on_abort(kb_http_req *req, void *data)
     (void)req;
     if (c->answered)
         return;
+    if (c->wait != NULL && c->wait->linked) {
+        /* waiting for an instance: answer now if the runtime lets the
+         * waiter go, else its notify's resume answers */
+        if (wait_cancel(c))
+            gw__respond(c, GW_STATUS_ABORTED, NULL, 0, NULL, 0);
+        else
+            c->aborted = true;
+        return;
+    }
     if (c->call == NULL) {
         /* a stage is waiting (JWKS fetch, cache fill …): it resumes in
          * bounded time and gw__resume answers for the gone client */

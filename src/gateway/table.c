@@ -172,11 +172,19 @@ out_free_table:
 const kb_router *
 gw__table_router(const gw_table *t, const char *host)
 {
+    const kb_router *r = gw__table_host_router(t, host);
+
+    return r != NULL ? r : t->fallback;
+}
+
+const kb_router *
+gw__table_host_router(const gw_table *t, const char *host)
+{
     char h[256];
     size_t n;
 
     if (host == NULL || t->nhosts == 0)
-        return t->fallback;
+        return NULL;
     if (host[0] == '[') {                    /* "[::1]:8080" */
         const char *close = strchr(host, ']');
         n = close != NULL ? (size_t)(close - host + 1) : strlen(host);
@@ -186,7 +194,7 @@ gw__table_router(const gw_table *t, const char *host)
     if (n > 0 && host[n - 1] == '.')         /* "example.com." */
         n--;
     if (n == 0 || n >= sizeof(h))
-        return t->fallback;
+        return NULL;
     for (size_t i = 0; i < n; i++)
         h[i] = (char)tolower((unsigned char)host[i]);
     h[n] = '\0';
@@ -203,5 +211,5 @@ gw__table_router(const gw_table *t, const char *host)
                 hi = mid;
         }
     }
-    return t->fallback;
+    return NULL;
 }

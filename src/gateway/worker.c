@@ -1,11 +1,12 @@
 /*
  * worker.c - what a data-path loop owns besides its requests: its upstream
  * clients, the queue through which other threads hand requests back to it
- * (gw__post), its buffered access log, and the choice of a backend
- * instance (least loaded, failing instances ejected for a while).
+ * (gw__post), its buffered access log, and where a backend call goes
+ * (an address, or an instance leased from the runtime).
  */
 #include "gateway/gw_int.h"
 #include "core/err.h"
+#include "core/id.h"
 #include "core/log.h"
 #include "core/time.h"
 #include "http/curl_client.h"
@@ -20,103 +21,32 @@
 #define GW_LOG_FLUSH     (32 * 1024) /* write the access log past this */
 #define GW_LOG_MAX       (1024 * 1024) /* lines dropped beyond this */
 #define GW_LOG_PERIOD_MS 1000
-#define GW_MAX_INSTANCES 4096        /* distinct host:port tracked */
-#define GW_EJECT_AFTER   5           /* consecutive failures */
-#define GW_EJECT_BASE_MS 10000       /* × times ejected, up to the cap */
-#define GW_EJECT_MAX_MS  300000
 
 /* ------------------------------------------------------------------------ */
-/* Instances: load and health per backend address                            */
+/* Backends: an address, or an instance leased from the runtime              */
 
-typedef struct gw_instance {
-    char     host[64];
-    int      port;
-    int      inflight;
-    int      failures;               /* consecutive */
-    int      ejections;
-    uint64_t ejected_until_ns;
-} gw_instance;
-
-struct gw_instances {
-    pthread_mutex_t lock;
-    size_t          n;
-    gw_instance     slots[GW_MAX_INSTANCES];
-};
-
-int
-gw__instances_create(struct gw_instances **out)
+/* Uniform 32 bits for the traffic split: xorshift64* per thread, seeded
+ * once from the system's random source. */
+static uint32_t
+split_random(void)
 {
-    struct gw_instances *in = calloc(1, sizeof(*in));
+    static _Thread_local uint64_t x;
 
-    *out = NULL;
-    if (in == NULL)
-        return KB_ENOMEM;
-    pthread_mutex_init(&in->lock, NULL);
-    *out = in;
-    return 0;
-}
-
-void
-gw__instances_free(struct gw_instances *in)
-{
-    if (in == NULL)
-        return;
-    pthread_mutex_destroy(&in->lock);
-    free(in);
-}
-
-/* The slot of host:port, added if new; NULL when the table is full (the
- * instance is then used without bookkeeping).  Under the lock. */
-static gw_instance *
-instance_get(struct gw_instances *t, const kb_endpoint *ep)
-{
-    for (size_t i = 0; i < t->n; i++)
-        if (t->slots[i].port == ep->port &&
-            strcmp(t->slots[i].host, ep->host) == 0)
-            return &t->slots[i];
-    if (t->n == GW_MAX_INSTANCES)
-        return NULL;
-    gw_instance *in = &t->slots[t->n++];
-    snprintf(in->host, sizeof(in->host), "%.*s", (int)sizeof(in->host) - 1,
-             ep->host);
-    in->port = ep->port;
-    return in;
-}
-
-/* Least in-flight calls among the instances not ejected; when all are
- * ejected, the one whose ejection ends first (better than failing). */
-static size_t
-instance_choose(gw_instance **cand, size_t n, uint64_t now, unsigned start)
-{
-    size_t best = n;
-
-    for (size_t k = 0; k < n; k++) {
-        size_t i = (start + k) % n;
-        if (cand[i] == NULL)
-            return i;                /* untracked: as good as idle */
-        if (cand[i]->ejected_until_ns > now)
-            continue;
-        if (best == n || cand[i]->inflight < cand[best]->inflight)
-            best = i;
-    }
-    if (best < n)
-        return best;
-    best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (cand[i]->ejected_until_ns < cand[best]->ejected_until_ns)
-            best = i;
-    return best;
+    while (x == 0)
+        if (kb_random_bytes(&x, sizeof(x)) != 0)
+            x = kb_time_mono_ns() | 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
 }
 
 int
-gw__backend_pick(gw_ctx *c, const gw_backend *b, gw_pick *out)
+gw__backend_pick(gw_ctx *c, const gw_backend *b, const char *revision,
+                 kb_rt_waiter *w, gw_pick *out)
 {
-    kb_endpoint eps[KB_RT_MAX_ENDPOINTS];
-    gw_instance *cand[KB_RT_MAX_ENDPOINTS];
-    struct gw_instances *t = c->gw->instances;
-    static _Thread_local unsigned rr;
-    size_t at;
-    int n;
+    const gw_rt_ops *ops = c->gw->rt_ops;
+    int rc;
 
     memset(out, 0, sizeof(*out));
     out->tls = b->tls;
@@ -127,70 +57,33 @@ gw__backend_pick(gw_ctx *c, const gw_backend *b, gw_pick *out)
         snprintf(out->authority, sizeof(out->authority), "%s", b->authority);
         return 0;
     }
-    n = c->gw->resolve != NULL
-            ? c->gw->resolve(c->gw->rt, c->route->spec->project, b->service,
-                             eps, KB_RT_MAX_ENDPOINTS)
-            : KB_ENOTFOUND;
-    if (n < 0)
-        return n;
-    pthread_mutex_lock(&t->lock);
-    for (int i = 0; i < n; i++)
-        cand[i] = instance_get(t, &eps[i]);
-    at = instance_choose(cand, (size_t)n, kb_time_mono_ns(), rr++);
-    if (cand[at] != NULL)
-        cand[at]->inflight++;
-    pthread_mutex_unlock(&t->lock);
-    out->host = kb_pool_strdup(c->req->pool, eps[at].host);
-    out->revision = kb_pool_strdup(c->req->pool, eps[at].revision);
-    if (out->host == NULL || out->revision == NULL) {
-        gw__backend_done(c, out, KB_ENOMEM, 0);
-        return KB_ENOMEM;
+    if (ops == NULL)
+        return KB_ENOTFOUND;
+    rc = ops->acquire(c->gw->rt, c->route->spec->project, b->service, b->tag,
+                      revision, split_random(), w, &out->lease);
+    if (rc != 0) {
+        out->lease.instance = NULL;  /* nothing to release */
+        return rc;
     }
-    out->port = eps[at].port;
-    out->instance = cand[at];
+    out->host = out->lease.ep.host;
+    out->port = out->lease.ep.port;
+    out->revision = out->lease.ep.revision;
     snprintf(out->authority, sizeof(out->authority), "%.63s:%d",
-             eps[at].host, eps[at].port);
+             out->lease.ep.host, out->lease.ep.port);
     return 0;
-}
-
-/* Did this call show the instance failing (not the request)? */
-static bool
-instance_failed(int err, int status)
-{
-    if (err == KB_ECANCELED || err == KB_ENOMEM)
-        return false;
-    return err != 0 || status == 502 || status == 503 || status == 504;
 }
 
 void
 gw__backend_done(gw_ctx *c, gw_pick *p, int err, int status)
 {
-    struct gw_instances *t = c->gw->instances;
-    gw_instance *in = p->instance;
-    bool ejected = false;
-    uint64_t ms = 0;
+    kb_rt_lease lease;
 
-    if (in == NULL)
+    if (p->lease.instance == NULL)
         return;
-    p->instance = NULL;
-    pthread_mutex_lock(&t->lock);
-    in->inflight--;
-    if (!instance_failed(err, status)) {
-        if (err == 0)
-            in->failures = 0;
-    } else if (++in->failures >= GW_EJECT_AFTER) {
-        in->failures = 0;
-        in->ejections++;
-        ms = (uint64_t)GW_EJECT_BASE_MS * (uint64_t)in->ejections;
-        if (ms > GW_EJECT_MAX_MS)
-            ms = GW_EJECT_MAX_MS;
-        in->ejected_until_ns = kb_time_mono_ns() + ms * 1000000ull;
-        ejected = true;
-    }
-    pthread_mutex_unlock(&t->lock);
-    if (ejected)
-        kb_log_warn("backend instance ejected", "{s:s, s:i, s:I}", "host",
-                    p->host, "port", p->port, "for_ms", (json_int_t)ms);
+    /* release a copy: the pick keeps host and revision for the log */
+    lease = p->lease;
+    p->lease.instance = NULL;
+    c->gw->rt_ops->release(c->gw->rt, &lease, err, status);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -526,7 +419,8 @@ gw__worker_release(gw_worker *w)
  * Requests still alive (a forced shutdown released their connections, but
  * a stage may be waiting for a JWKS fetch or a cache fill that posts them
  * back here) keep the worker, its queue and its clients until the last one
- * is answered.
+ * is answered.  Requests waiting for an instance are answered 503 now (or
+ * at their notify, which the runtime sends soon).
  */
 void
 kb_gateway_worker_close(kb_gateway_worker *w)
@@ -534,6 +428,7 @@ kb_gateway_worker_close(kb_gateway_worker *w)
     if (w == NULL || w->closing)
         return;
     log_flush(w);
+    gw__waits_close(w);              /* before `closing`: may release */
     w->closing = true;
     if (w->live == 0)
         worker_finish(w);

@@ -28,6 +28,10 @@
 #include "core/metrics.h"
 #include "gateway/gw_int.h"
 
+#define GW_FAKES_RUNTIME
+#define GW_FAKES_E2E
+#include "gw_fakes.h"
+
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                   */
 
@@ -347,9 +351,61 @@ test_address_parse(void **state)
         assert_string_equal(b.service, "hello-2");
         assert_string_equal(b.path, "/api");
         assert_null(b.host);
+        assert_null(b.tag);
         free(b.service);
         free(b.path);
     }
+}
+
+/* service://NAME@TAG pins the tagged revision; a tag is an RFC 1035 label
+ * short enough for TAG---SERVICE to be one. */
+static void
+test_address_tag(void **state)
+{
+    static const struct {
+        const char *address, *service, *tag, *path;
+    } ok[] = {
+        { "service://hello@green", "hello", "green", "" },
+        { "service://hello@v2-canary/api/v1", "hello", "v2-canary",
+          "/api/v1" },
+        { "service://h@a012345678901234567890123456789012345678901234",
+          "h", "a012345678901234567890123456789012345678901234", "" },
+    };
+    static const char *const bad[] = {
+        "service://hello@", "service://hello@/x", "service://hello@Green",
+        "service://hello@9lives", "service://hello@green-",
+        "service://hello@gr_een", "service://hello@a@b",
+        "service://hello@a0123456789012345678901234567890123456789012345",
+        "service://@green",
+    };
+
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        gw_backend b;
+        const char *why;
+        memset(&b, 0, sizeof(b));
+        if ((why = gw__address_parse(ok[i].address, &b)) != NULL)
+            fail_msg("%s: %s", ok[i].address, why);
+        assert_string_equal(b.service, ok[i].service);
+        assert_string_equal(b.tag, ok[i].tag);
+        assert_string_equal(b.path, ok[i].path);
+        free(b.service);
+        free(b.tag);
+        free(b.path);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        gw_backend b;
+        memset(&b, 0, sizeof(b));
+        if (gw__address_parse(bad[i], &b) == NULL)
+            fail_msg("%s accepted", bad[i]);
+        free(b.service);
+        free(b.tag);
+        free(b.path);
+    }
+    /* refused when the spec is checked, with the pointer */
+    reject("{'openapi':{'openapi':'3.0.3','paths':{'/a':{'get':{"
+           "'x-google-backend':{'address':'service://hello@Blue'}}}}}}",
+           "/paths/~1a/get/x-google-backend/address: not a valid "
+           "URL: service://NAME@TAG needs a tag");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -700,200 +756,12 @@ test_traceparent(void **state)
 /* ------------------------------------------------------------------------ */
 /* End to end: raw TCP client → gateway listener → echo backend              */
 
-typedef struct e2e {
-    uv_loop_t       loop;
-    kb_http_server *backend;
-    kb_http_server *listener;
-    kb_http_client *client;
-    kb_gateway     *gw;
-    kb_gateway_worker *worker;
-    int             backend_port, listener_port, garbage_port, closed_port;
-    uv_tcp_t        garbage;     /* answers every connection with junk */
-    uv_async_t      wake;
-    bool            backend_aborted;
-    int             slow_pending;
-} e2e;
-
-static e2e E;
-
-/* A backend request that answers after a while (for deadlines, aborts). */
-typedef struct slow_req {
-    uv_timer_t   timer;
-    kb_http_req *req;
-} slow_req;
-
-static void
-slow_closed(uv_handle_t *h)
-{
-    free(h->data);
-    E.slow_pending--;
-}
-
-static void
-slow_fire(uv_timer_t *t)
-{
-    slow_req *s = t->data;
-
-    kb_http_respond(s->req, 200, NULL, 0, "late", 4);
-    uv_close((uv_handle_t *)&s->timer, slow_closed);
-}
-
-static void
-slow_abort(kb_http_req *req, void *data)
-{
-    slow_req *s = data;
-
-    E.backend_aborted = true;
-    uv_timer_stop(&s->timer);
-    kb_http_respond(req, 499, NULL, 0, NULL, 0);   /* release it */
-    uv_close((uv_handle_t *)&s->timer, slow_closed);
-}
-
-/* The backend: echoes method, target, headers and body as JSON. */
-static void
-echo(kb_http_req *req, void *data)
-{
-    static const kb_http_header extra[] = {
-        { "X-Backend", "yes" },
-        { "Keep-Alive", "timeout=5" },           /* hop-by-hop: dropped */
-        { "X-Request-Id", "from-backend" },      /* replaced by ours */
-    };
-    json_t *headers, *body;
-    char *text;
-
-    if (strcmp(req->path, "/slow") == 0) {
-        slow_req *s = calloc(1, sizeof(*s));
-        assert_non_null(s);
-        s->req = req;
-        s->timer.data = s;
-        uv_timer_init(&E.loop, &s->timer);
-        uv_timer_start(&s->timer, slow_fire, 1500, 0);
-        kb_http_req_on_abort(req, slow_abort, s);
-        E.slow_pending++;
-        return;
-    }
-    headers = json_object();
-    for (size_t i = 0; i < req->nheaders; i++) {
-        char name[128];
-        size_t n = strlen(req->headers[i].name);
-        const json_t *prev;
-        if (n >= sizeof(name))
-            continue;
-        for (size_t k = 0; k <= n; k++)
-            name[k] = (char)tolower((unsigned char)req->headers[i].name[k]);
-        prev = json_object_get(headers, name);
-        if (prev != NULL) {      /* repeated headers: joined, to spot them */
-            char joined[1024];
-            snprintf(joined, sizeof(joined), "%s|%s", json_string_value(prev),
-                     req->headers[i].value);
-            json_object_set_new(headers, name, json_string(joined));
-        } else {
-            json_object_set_new(headers, name,
-                                json_string(req->headers[i].value));
-        }
-    }
-    body = json_pack("{s:s,s:s,s:s%,s:o}", "method", req->method, "target",
-                     req->target, "body", req->body, req->body_len,
-                     "headers", headers);
-    text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    kb_http_respond(req, 200, extra, 3, text, strlen(text));
-    free(text);
-}
-
-static void
-garbage_written(uv_write_t *w, int status)
-{
-    uv_close((uv_handle_t *)w->handle, (uv_close_cb)free);
-    free(w);
-}
-
-static void
-garbage_conn(uv_stream_t *server, int status)
-{
-    static char junk[] = "this is not HTTP\r\n\r\n";
-    uv_tcp_t *c = calloc(1, sizeof(*c));
-    uv_write_t *w = calloc(1, sizeof(*w));
-    uv_buf_t b = uv_buf_init(junk, sizeof(junk) - 1);
-
-    uv_tcp_init(server->loop, c);
-    assert_int_equal(uv_accept(server, (uv_stream_t *)c), 0);
-    uv_write(w, (uv_stream_t *)c, &b, 1, garbage_written);
-}
-
-static int
-fake_resolve(kb_runtime *rt, const char *project, const char *name,
-             kb_endpoint *out, size_t max)
-{
-    if (strcmp(project, "p") != 0)
-        return KB_ENOTFOUND;
-    if (strcmp(name, "echo") == 0) {
-        snprintf(out->host, sizeof(out->host), "127.0.0.1");
-        out->port = E.backend_port;
-        return 1;
-    }
-    return strcmp(name, "down") == 0 ? KB_EUNAVAIL : KB_ENOTFOUND;
-}
-
-static void
-wake(uv_async_t *a)
-{
-    uv_stop(a->loop);
-}
-
-/* A loopback port that nothing listens on. */
-static int
-closed_port(void)
-{
-    struct sockaddr_in sa = { .sin_family = AF_INET };
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
 static int
 e2e_setup(void **state)
 {
-    kb_http_server_opts bo = { .name = "test-backend", .handler = echo };
-    kb_http_server_opts go = { .name = "test-gateway" };
-    struct sockaddr_in sa;
-    int len = sizeof(sa);
-    char spec_text[4096], err[512];
-    json_t *spec;
-    json_error_t jerr;
+    char spec_text[4096];
 
-    memset(&E, 0, sizeof(E));
-    assert_int_equal(uv_loop_init(&E.loop), 0);
-    assert_int_equal(uv_async_init(&E.loop, &E.wake, wake), 0);
-    assert_int_equal(kb_http_server_start(&E.loop, "127.0.0.1:0", &bo,
-                                          &E.backend), 0);
-    E.backend_port = kb_http_server_port(E.backend);
-    assert_int_equal(kb_http_client_create(&E.loop, NULL, &E.client), 0);
-    assert_int_equal(kb_gateway_create(&E.loop, E.client, NULL, &E.gw), 0);
-    E.gw->resolve = fake_resolve;
-    assert_int_equal(kb_gateway_set_access_log(E.gw, "off"), 0);
-    assert_int_equal(kb_gateway_worker_create(E.gw, &E.loop, &E.worker), 0);
-    go.handler = kb_gateway_handle;
-    go.data = E.worker;
-    assert_int_equal(kb_http_server_start(&E.loop, "127.0.0.1:0", &go,
-                                          &E.listener), 0);
-    E.listener_port = kb_http_server_port(E.listener);
-
-    uv_tcp_init(&E.loop, &E.garbage);
-    uv_ip4_addr("127.0.0.1", 0, &sa);
-    assert_int_equal(uv_tcp_bind(&E.garbage, (struct sockaddr *)&sa, 0), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&E.garbage, 16, garbage_conn),
-                     0);
-    uv_tcp_getsockname(&E.garbage, (struct sockaddr *)&sa, &len);
-    E.garbage_port = ntohs(sa.sin_port);
-    E.closed_port = closed_port();
-
+    e2e_boot();
     snprintf(spec_text, sizeof(spec_text),
         "{'openapi':{'openapi':'3.0.3',"
         "'x-google-backend':{'address':'http://127.0.0.1:%d'},"
@@ -916,183 +784,17 @@ e2e_setup(void **state)
         "}}}",
         E.backend_port, E.backend_port, E.backend_port, E.backend_port,
         E.closed_port, E.garbage_port);
-    for (char *p = spec_text; *p != '\0'; p++)
-        if (*p == '\'')
-            *p = '"';
-    spec = json_loads(spec_text, 0, &jerr);
-    assert_non_null(spec);
-    if (kb_gateway_set(E.gw, "p", "e2e", spec, err, sizeof(err)) != 0)
-        fail_msg("e2e spec: %s", err);
-    json_decref(spec);
+    e2e_install("e2e", spec_text);
     *state = &E;
     return 0;
-}
-
-static void
-server_gone(void *data)
-{
-    (*(int *)data)--;
 }
 
 static int
 e2e_teardown(void **state)
 {
-    int servers = 2;
-
-    kb_http_server_shutdown(E.listener, 100, server_gone, &servers);
-    kb_http_server_shutdown(E.backend, 100, server_gone, &servers);
-    while (servers > 0 || E.slow_pending > 0)
-        uv_run(&E.loop, UV_RUN_ONCE);
-    kb_http_client_destroy(E.client);
-    kb_gateway_worker_close(E.worker);
-    uv_close((uv_handle_t *)&E.garbage, NULL);
-    uv_close((uv_handle_t *)&E.wake, NULL);
-    uv_run(&E.loop, UV_RUN_DEFAULT);
-    kb_gateway_free(E.gw);
-    assert_int_equal(uv_loop_close(&E.loop), 0);
+    (void)state;
+    e2e_stop();
     return 0;
-}
-
-/* One raw exchange on a thread while the loop serves on this one. */
-typedef struct xchg {
-    char        request[4096];
-    bool        abort_after_send;
-    char        response[65536];
-    size_t      len;
-} xchg;
-
-static void *
-xchg_thread(void *arg)
-{
-    xchg *x = arg;
-    struct sockaddr_in sa = { .sin_family = AF_INET };
-    struct timeval tv = { .tv_sec = 10 };
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    size_t off = 0, n = strlen(x->request);
-
-    sa.sin_port = htons((uint16_t)E.listener_port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-        while (off < n) {
-            ssize_t w = write(fd, x->request + off, n - off);
-            if (w <= 0)
-                break;
-            off += (size_t)w;
-        }
-        while (!x->abort_after_send && x->len < sizeof(x->response) - 1) {
-            ssize_t r = read(fd, x->response + x->len,
-                             sizeof(x->response) - 1 - x->len);
-            if (r <= 0)
-                break;
-            x->len += (size_t)r;
-        }
-    }
-    x->response[x->len] = '\0';
-    close(fd);
-    uv_async_send(&E.wake);
-    return NULL;
-}
-
-typedef struct reply {
-    int     status;
-    char    head[8192];
-    char   *body;
-    json_t *json;                /* the body, when it is JSON */
-} reply;
-
-static void
-reply_free(reply *r)
-{
-    json_decref(r->json);
-    r->json = NULL;
-}
-
-/* Send a raw request ("\n" becomes CRLF) and parse the reply. */
-static void
-exchange(const char *request, bool abort_after_send, reply *r)
-{
-    xchg *x = calloc(1, sizeof(*x));
-    pthread_t th;
-    size_t n = 0;
-    char *end;
-
-    assert_non_null(x);
-    for (const char *p = request; *p != '\0' && n + 2 < sizeof(x->request);
-         p++) {
-        if (*p == '\n')
-            x->request[n++] = '\r';
-        x->request[n++] = *p;
-    }
-    x->abort_after_send = abort_after_send;
-    assert_int_equal(pthread_create(&th, NULL, xchg_thread, x), 0);
-    uv_run(&E.loop, UV_RUN_DEFAULT);     /* until the thread wakes us */
-    pthread_join(th, NULL);
-    memset(r, 0, sizeof(*r));
-    if (abort_after_send) {
-        free(x);
-        return;
-    }
-    end = strstr(x->response, "\r\n\r\n");
-    if (end == NULL || sscanf(x->response, "HTTP/1.1 %d", &r->status) != 1)
-        fail_msg("bad reply to %s:\n%s", request, x->response);
-    snprintf(r->head, sizeof(r->head), "%.*s", (int)(end - x->response) + 2,
-             x->response);
-    r->body = strdup(end + 4);
-    r->json = json_loads(r->body, 0, NULL);
-    free(r->body);
-    r->body = NULL;
-    free(x);
-}
-
-/* Value of a reply header (static buffer), or NULL. */
-static const char *
-reply_header(const reply *r, const char *name)
-{
-    static char value[1024];
-    size_t n = strlen(name);
-
-    for (const char *line = strstr(r->head, "\r\n"); line != NULL;
-         line = strstr(line + 2, "\r\n")) {
-        const char *l = line + 2;
-        if (strncasecmp(l, name, n) == 0 && l[n] == ':') {
-            const char *v = l + n + 1, *e = strstr(v, "\r\n");
-            while (*v == ' ')
-                v++;
-            snprintf(value, sizeof(value), "%.*s", (int)(e - v), v);
-            return value;
-        }
-    }
-    return NULL;
-}
-
-/* headers.NAME from the echo backend's JSON, or NULL. */
-static const char *
-echoed(const reply *r, const char *name)
-{
-    return json_string_value(json_object_get(
-        json_object_get(r->json, "headers"), name));
-}
-
-static void
-assert_error(const reply *r, int status, const char *gstatus,
-             const char *msg_part)
-{
-    const char *msg;
-
-    assert_int_equal(r->status, status);
-    assert_non_null(r->json);
-    assert_int_equal(json_integer_value(json_object_get(
-        json_object_get(r->json, "error"), "code")), status);
-    assert_string_equal(json_string_value(json_object_get(
-        json_object_get(r->json, "error"), "status")), gstatus);
-    msg = json_string_value(json_object_get(json_object_get(r->json, "error"),
-                                            "message"));
-    if (msg == NULL || strstr(msg, msg_part) == NULL)
-        fail_msg("error message \"%s\" lacks \"%s\"", msg ? msg : "",
-                 msg_part);
-    assert_true(gw__request_id_ok(reply_header(r, "X-Request-Id")));
-    assert_string_equal(reply_header(r, "Content-Type"), "application/json");
 }
 
 static void
@@ -1313,6 +1015,7 @@ main(void)
         cmocka_unit_test(test_validate_good),
         cmocka_unit_test(test_validate_bad),
         cmocka_unit_test(test_address_parse),
+        cmocka_unit_test(test_address_tag),
         cmocka_unit_test(test_translation_defaults),
         cmocka_unit_test(test_translation_explicit),
         cmocka_unit_test(test_translation_param_encoding),
