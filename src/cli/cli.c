@@ -1,7 +1,8 @@
 /*
  * cli.c - `kiban VERB …`: the one table of verbs, the argument parser and
  * the help text, which is generated from the verb table and from the kinds
- * table (src/api/kinds.c).  The verbs themselves live in apply.c and get.c;
+ * table (src/api/kinds.c).  The verbs themselves live in apply.c, get.c,
+ * deploy.c, services.c, logs.c and gateway_verbs.c;
  * `server` and `__shim` hand their argv to the server and the runtime.
  */
 #include "cli/cli.h"
@@ -68,6 +69,69 @@ static const kb_cli_flag purge_flags[] = {
     { NULL, 0, NULL, false, NULL },
 };
 
+static const kb_cli_flag deploy_flags[] = {
+    { "command", 0, "C", false,
+      "Program to run (required when the service is new)" },
+    { "arg", 0, "A", true,
+      "An argument (repeat, in order); any --arg replaces all of them" },
+    { "env", 0, "K=V", true, "Set an environment variable (repeat)" },
+    { "remove-env", 0, "K", true, "Remove an environment variable (repeat)" },
+    { "working-dir", 0, "DIR", false, "Working directory (absolute path)" },
+    { "memory", 0, "SIZE", false, "Memory limit per instance: 512Mi, 1Gi" },
+    { "cpu", 0, "CORES", false, "CPU limit per instance: 1, 0.5, 500m" },
+    { "concurrency", 0, "N", false,
+      "Requests in flight per instance (1-1000)" },
+    { "min-instances", 0, "N", false,
+      "Instances kept warm (0-1000; turns off a fixed count)" },
+    { "max-instances", 0, "N", false, "Instances at most (1-1000)" },
+    { "timeout", 0, "DUR", false,
+      "How long a request may wait for an instance: 30s, 5m" },
+    { "no-traffic", 0, NULL, false,
+      "The new revision gets no traffic (traffic stays where it is)" },
+    { "tag", 0, "TAG", false,
+      "Give the new revision this tag (its own URL)" },
+    { "no-wait", 0, NULL, false,
+      "Do not wait for the new revision to be ready" },
+    { "wait-timeout", 0, "DUR", false,
+      "How long to wait for the revision (default 5m)" },
+    { NULL, 0, NULL, false, NULL },
+};
+
+static const kb_cli_flag services_flags[] = {
+    { "output", 'o', "FORMAT", false,
+      "list, describe: table (default), json or yaml" },
+    { "to-revisions", 0, "R=P,...", true,
+      "update-traffic: percents of revisions (LATEST: the latest)" },
+    { "to-tags", 0, "T=P,...", true,
+      "update-traffic: percents of tagged revisions" },
+    { "to-latest", 0, NULL, false,
+      "update-traffic: all traffic to the latest revision, from now on" },
+    { "set-tags", 0, "T=R,...", true,
+      "update-traffic: replace every tag by these" },
+    { "update-tags", 0, "T=R,...", true,
+      "update-traffic: add or move these tags" },
+    { "remove-tags", 0, "T,...", true, "update-traffic: remove these tags" },
+    { "clear-tags", 0, NULL, false, "update-traffic: remove every tag" },
+    { NULL, 0, NULL, false, NULL },
+};
+
+static const kb_cli_flag revisions_flags[] = {
+    { "service", 0, "SERVICE", false, "The revisions' service (required)" },
+    { "output", 'o', "FORMAT", false,
+      "list: table (default), json or yaml; describe: yaml or json" },
+    { NULL, 0, NULL, false, NULL },
+};
+
+static const kb_cli_flag logs_flags[] = {
+    { "revision", 0, "R", false, "Only this revision's output" },
+    { "since", 0, "DUR", false, "Only lines of the last DUR: 30s, 5m, 2h" },
+    { "limit", 0, "N", false, "At most N lines (the newest)" },
+    { "follow", 'f', NULL, false,
+      "Keep printing new lines until interrupted (Ctrl-C)" },
+    { "output", 'o', "FORMAT", false, "text (default) or json (one a line)" },
+    { NULL, 0, NULL, false, NULL },
+};
+
 static const kb_cli_flag no_flags[] = {
     { NULL, 0, NULL, false, NULL },
 };
@@ -95,6 +159,38 @@ const kb_cli_verb kb_cli__verbs[] = {
       "Delete a resource",
       "Deletes the named resource; a Service's processes are stopped.",
       no_flags, 2, 2, false, true, kb_cli__delete, NULL },
+    { "deploy", "deploy SERVICE [--command C] [--arg A]... [--env K=V]... "
+      "[FLAGS]",
+      "Deploy a new revision of a service (create it if needed)",
+      "Reads the service and applies the flags to its template: --command\n"
+      "replaces the command, any --arg replaces all arguments, --env merges\n"
+      "and --remove-env deletes variables.  A new service needs --command.\n"
+      "A changed template makes a new revision; then waits until it is\n"
+      "ready (or failed: its reason is printed, exit 1) and prints how much\n"
+      "traffic it serves and the service's URL.  --no-traffic keeps the\n"
+      "traffic where it is; --tag gives the revision its own URL.",
+      deploy_flags, 1, 1, false, true, kb_cli__deploy, NULL },
+    { "services", "services list|describe SERVICE|delete SERVICE|"
+      "update-traffic SERVICE [FLAGS]",
+      "List, describe and delete services; split their traffic",
+      "list: one line per service (URL, latest ready revision, traffic).\n"
+      "describe: URL, revisions, the traffic table, and a warning when the\n"
+      "traffic is pinned (new revisions get none).\n"
+      "update-traffic: --to-revisions R1=90,R2=10, --to-tags green=10 or\n"
+      "--to-latest, and tags with --set-tags, --update-tags, --remove-tags,\n"
+      "--clear-tags (as gcloud run services update-traffic).",
+      services_flags, 1, 2, false, true, kb_cli__services, NULL },
+    { "revisions", "revisions list|describe R|delete R --service SERVICE",
+      "List, describe and delete a service's revisions",
+      "A revision is an immutable template of a service.  A revision that\n"
+      "serves traffic, carries a tag or is the latest cannot be deleted.",
+      revisions_flags, 1, 2, false, true, kb_cli__revisions, NULL },
+    { "logs", "logs SERVICE [--revision R] [--since 5m] [--limit N] "
+      "[--follow]",
+      "Print what a service's instances wrote",
+      "One line per line of output: TIME REVISION/INSTANCE[:stderr] TEXT.\n"
+      "--follow keeps printing new lines until Ctrl-C (exit 0).",
+      logs_flags, 1, 1, false, true, kb_cli__logs, NULL },
     { "create-key", "create-key NAME [--gateway G]... [--key KEY]",
       "Create an API key and print it",
       "Creates ApiKey NAME and prints the key: the only time it is shown\n"
@@ -285,7 +381,7 @@ print_flags(FILE *out, const kb_cli_flag *flags)
         else
             snprintf(left, sizeof(left), "    --%s%s%s", f->name,
                      f->arg ? " " : "", f->arg ? f->arg : "");
-        fprintf(out, "  %-22s %s\n", left, f->help);
+        fprintf(out, "  %-26s %s\n", left, f->help);
     }
 }
 
@@ -390,6 +486,10 @@ help_run(kb_cli *c)
     }
     if ((v = kb_cli__verb_find(what)) != NULL && !v->hidden) {
         help_verb(out, v);
+        if ((k = kb_kind_find(what)) != NULL) {   /* `services`: both */
+            fputc('\n', out);
+            help_kind(out, k);
+        }
         return KB_CLI_EXIT_OK;
     }
     if ((k = kb_kind_find(what)) != NULL) {

@@ -2,7 +2,8 @@
  * cli_int.h - internals shared by the files of src/cli/ and by
  * tests/unit/test_cli.c.  cli.c holds the verb table and the argument
  * parser, request.c the admin API client (libcurl), manifest.c the loading
- * and checking of manifests, apply.c and get.c the verbs that talk to the API.
+ * and checking of manifests, apply.c and get.c the verbs that talk to the API;
+ * deploy.c, services.c and logs.c the release flow (gcloud run's verbs).
  */
 #ifndef KB_CLI_INT_H
 #define KB_CLI_INT_H
@@ -96,7 +97,8 @@ void  kb_cli__set_output(FILE *out, FILE *err);
  * Send one request to c->api + path (path starts with "/v1/"), with body
  * (may be NULL) as JSON.  0 with the HTTP status in *status and the parsed
  * body (new reference, NULL if empty or not JSON) in *resp; or KB_EUNAVAIL
- * when the API cannot be reached (already printed unless c->quiet).
+ * when the API cannot be reached (already printed unless c->quiet), or
+ * KB_ECANCELED (nothing printed) once kb_cli__interrupted is set.
  */
 int  kb_cli__call(kb_cli *c, const char *method, const char *path,
                   const json_t *body, long *status, json_t **resp);
@@ -149,7 +151,8 @@ int  kb_cli__mset_add_file(kb_cli_mset *m, const char *path);
  */
 size_t kb_cli__mset_check(kb_cli_mset *m, const char *project);
 /* Would applying `desired` change `live`?  Compares only the fields the
- * kind declares; absent, null and empty ("", [], {}) are the same. */
+ * kind declares, but output-only ones; absent, null and empty ("", [],
+ * {}) are the same; a Service's traffic left out is kept, so no change. */
 bool kb_cli__spec_differs(const kb_kind *k, const json_t *desired,
                           const json_t *live);
 
@@ -164,5 +167,69 @@ int  kb_cli__create_key(kb_cli *c);
 int  kb_cli__purge_cache(kb_cli *c);
 /* "42s", "5m", "3h", "12d", "2y" since an RFC 3339 time; "-" if unknown. */
 void kb_cli__age(const char *rfc3339, time_t now, char *buf, size_t len);
+/* get.c, shared with the verbs of the release flow: */
+/* Replace control characters by '?' and cut past 60 bytes with "...". */
+void kb_cli__cell_clean(char *s);
+/* Print v as "json" or "yaml" on the output stream.  Exit code. */
+int  kb_cli__print_value(const json_t *v, const char *format);
+/* Percent-encode all but unreserved characters.  New string or NULL. */
+char *kb_cli__url_escape(const char *s);
+/* Append every item of /v1/projects/P/COLLECTION to items, following
+ * nextPageToken.  Exit code (errors printed). */
+int  kb_cli__list_all(kb_cli *c, const char *collection, json_t *items);
+/*
+ * Print a table: cells holds nrows+1 rows of ncols strings, the first row
+ * the headers; NULL cells print as "-".  Each line starts with indent.
+ * Cells are cleaned as by kb_cli__cell_clean.  Exit code.
+ */
+int  kb_cli__print_rows(const char *indent, const char *const *cells,
+                        size_t ncols, size_t nrows);
+/* The --project flag or "default". */
+const char *kb_cli__project(const kb_cli *c);
+
+/* ---- the release flow (deploy.c, services.c, logs.c) --------------------- */
+
+/* Set by SIGINT while a verb waits (logs --follow, deploy's wait): the
+ * current request is abandoned and kb_cli__call returns KB_ECANCELED. */
+extern volatile int kb_cli__interrupted;
+
+/* "500ms", "30s", "5m", "2h" or a whole number of seconds, to ms.  0 or
+ * KB_EINVAL. */
+int  kb_cli__duration_ms(const char *s, long long *ms);
+/* A decimal integer in [min, max], nothing else.  0 or KB_EINVAL. */
+int  kb_cli__int_in(const char *s, long long min, long long max,
+                    long long *out);
+/*
+ * The template a deploy sends: `current` (the Service as read, or NULL
+ * to create one) with the deploy flags of o applied (--command, --arg,
+ * --env, --remove-env, --working-dir, --memory, --cpu, --concurrency,
+ * --min-instances, --max-instances, --timeout).  On success *out is a new
+ * object holding only template fields.  KB_EINVAL with a one-line
+ * message in err for a bad flag value (or no --command on create).
+ */
+int  kb_cli__deploy_template(const json_t *current, const kb_cli_opts *o,
+                             json_t **out, char *err, size_t errlen);
+/* The template fields of a Service (round-trip order). */
+extern const char *const kb_cli__template_fields[];
+/*
+ * The body of :updateTraffic from the update-traffic flags of o.
+ * *out a new object; KB_EINVAL with a message in err (bad pair, percent
+ * out of range, --to-latest with --to-revisions, no flag at all).
+ */
+int  kb_cli__traffic_body(const kb_cli_opts *o, json_t **out, char *err,
+                          size_t errlen);
+/*
+ * Percent of the traffic `service` (API view) sends to revision rev: the
+ * status' resolved traffic when present, else the spec's (latestRevision
+ * entries count for the newest revision).
+ */
+int  kb_cli__revision_percent(const json_t *service, const char *rev);
+/* The newest revision's name in a Service document, or NULL. */
+const char *kb_cli__newest_revision(const json_t *service);
+
+int  kb_cli__deploy(kb_cli *c);
+int  kb_cli__services(kb_cli *c);
+int  kb_cli__revisions(kb_cli *c);
+int  kb_cli__logs(kb_cli *c);
 
 #endif

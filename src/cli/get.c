@@ -144,8 +144,8 @@ view_for(const kb_kind *k)
 
 /* Cut long cells and replace control characters, so a resource cannot
  * garble the terminal. */
-static void
-cell_clean(char *s)
+void
+kb_cli__cell_clean(char *s)
 {
     size_t n = strlen(s);
 
@@ -184,7 +184,7 @@ print_table(const kb_kind *k, const json_t *items)
             char *cell = cells[(r + 1) * ncols + c];
             char tmp[4096];
             v->cols[c].cell(json_array_get(items, r), tmp, sizeof(tmp));
-            cell_clean(tmp);                     /* now <= GET_MAX_CELL */
+            kb_cli__cell_clean(tmp);                     /* now <= GET_MAX_CELL */
             memcpy(cell, tmp, strlen(tmp) + 1);
             if (strlen(cell) > width[c])
                 width[c] = strlen(cell);
@@ -203,8 +203,44 @@ print_table(const kb_kind *k, const json_t *items)
     return KB_CLI_EXIT_OK;
 }
 
-static int
-print_value(const json_t *v, const char *format)
+int
+kb_cli__print_rows(const char *indent, const char *const *cells, size_t ncols,
+                   size_t nrows)
+{
+    size_t width[GET_MAX_COLS] = { 0 }, total = (nrows + 1) * ncols;
+    char (*text)[GET_MAX_CELL + 1];
+    FILE *out = kb_cli__out();
+
+    if (ncols == 0 || ncols > GET_MAX_COLS)
+        return KB_CLI_EXIT_FAIL;
+    if ((text = calloc(total, sizeof(*text))) == NULL) {
+        fprintf(kb_cli__err(), "kiban: out of memory\n");
+        return KB_CLI_EXIT_FAIL;
+    }
+    for (size_t i = 0; i < total; i++) {
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s", cells[i] != NULL && cells[i][0] != '\0'
+                 ? cells[i] : "-");
+        kb_cli__cell_clean(tmp);                 /* now <= GET_MAX_CELL */
+        memcpy(text[i], tmp, strlen(tmp) + 1);
+        if (strlen(text[i]) > width[i % ncols])
+            width[i % ncols] = strlen(text[i]);
+    }
+    for (size_t r = 0; r <= nrows; r++) {
+        fputs(indent, out);
+        for (size_t c = 0; c < ncols; c++) {
+            if (c + 1 < ncols)
+                fprintf(out, "%-*s  ", (int)width[c], text[r * ncols + c]);
+            else
+                fprintf(out, "%s\n", text[r * ncols + c]);
+        }
+    }
+    free(text);
+    return KB_CLI_EXIT_OK;
+}
+
+int
+kb_cli__print_value(const json_t *v, const char *format)
 {
     FILE *out = kb_cli__out();
 
@@ -229,8 +265,8 @@ print_value(const json_t *v, const char *format)
 
 /* ---- verbs ------------------------------------------------------------------- */
 
-static const char *
-project_of(const kb_cli *c)
+const char *
+kb_cli__project(const kb_cli *c)
 {
     return c->project != NULL ? c->project : "default";
 }
@@ -254,9 +290,8 @@ kind_and_name(const kb_cli *c, const char *verb, const kb_kind **k)
     return KB_CLI_EXIT_OK;
 }
 
-/* Percent-encode all but unreserved characters.  New string or NULL. */
-static char *
-url_escape(const char *s)
+char *
+kb_cli__url_escape(const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t n = strlen(s);
@@ -279,9 +314,8 @@ url_escape(const char *s)
     return out;
 }
 
-/* Every item of a collection, following nextPageToken.  Exit code. */
-static int
-list_all(kb_cli *c, const kb_kind *k, json_t *items)
+int
+kb_cli__list_all(kb_cli *c, const char *collection, json_t *items)
 {
     char path[2048], *token = NULL;
     int pages = 0, rc = KB_CLI_EXIT_FAIL;
@@ -292,7 +326,7 @@ list_all(kb_cli *c, const kb_kind *k, json_t *items)
         long status;
 
         snprintf(path, sizeof(path), "/v1/projects/%s/%s?pageSize=%d%s%s",
-                 project_of(c), k->collection, GET_PAGE_SIZE,
+                 kb_cli__project(c), collection, GET_PAGE_SIZE,
                  token != NULL ? "&pageToken=" : "", token != NULL ? token : "");
         if (kb_cli__call(c, "GET", path, NULL, &status, &resp) != 0)
             break;
@@ -301,7 +335,7 @@ list_all(kb_cli *c, const kb_kind *k, json_t *items)
             json_decref(resp);
             break;
         }
-        page = json_object_get(resp, k->collection);
+        page = json_object_get(resp, collection);
         if (page != NULL && (!json_is_array(page)
                              || json_array_extend(items, page) != 0)) {
             fprintf(kb_cli__err(), "kiban: unexpected list response\n");
@@ -321,7 +355,7 @@ list_all(kb_cli *c, const kb_kind *k, json_t *items)
             break;
         }
         free(token);
-        token = url_escape(next);
+        token = kb_cli__url_escape(next);
         json_decref(resp);
         if (token == NULL || strlen(token) > 1024) {
             fprintf(kb_cli__err(), "kiban: the API returned an unusable page "
@@ -356,7 +390,7 @@ kb_cli__get(kb_cli *c)
         return rc;
 
     if (name != NULL) {
-        snprintf(path, sizeof(path), "/v1/projects/%s/%s/%s", project_of(c),
+        snprintf(path, sizeof(path), "/v1/projects/%s/%s/%s", kb_cli__project(c),
                  k->collection, name);
         if (kb_cli__call(c, "GET", path, NULL, &status, &result) != 0)
             return KB_CLI_EXIT_FAIL;
@@ -366,7 +400,7 @@ kb_cli__get(kb_cli *c)
             return KB_CLI_EXIT_FAIL;
         }
         if (strcmp(format, "table") != 0) {
-            rc = print_value(result, format);
+            rc = kb_cli__print_value(result, format);
         } else if ((items = json_array()) == NULL
                    || json_array_append(items, result) != 0) {
             json_decref(items);
@@ -381,21 +415,21 @@ kb_cli__get(kb_cli *c)
 
     if ((items = json_array()) == NULL)
         return KB_CLI_EXIT_FAIL;
-    if ((rc = list_all(c, k, items)) != KB_CLI_EXIT_OK) {
+    if ((rc = kb_cli__list_all(c, k->collection, items)) != KB_CLI_EXIT_OK) {
         json_decref(items);
         return rc;
     }
     if (strcmp(format, "table") == 0) {
         if (json_array_size(items) == 0)
             fprintf(kb_cli__err(), "No %s found in project %s.\n",
-                    k->collection, project_of(c));
+                    k->collection, kb_cli__project(c));
         else
             rc = print_table(k, items);
     } else if ((result = json_pack("{s:o}", k->collection, items)) == NULL) {
         rc = KB_CLI_EXIT_FAIL;
     } else {
         items = NULL;                        /* owned by result now */
-        rc = print_value(result, format);
+        rc = kb_cli__print_value(result, format);
         json_decref(result);
     }
     json_decref(items);
@@ -413,7 +447,7 @@ kb_cli__delete(kb_cli *c)
 
     if ((rc = kind_and_name(c, "delete", &k)) != KB_CLI_EXIT_OK)
         return rc;
-    snprintf(path, sizeof(path), "/v1/projects/%s/%s/%s", project_of(c),
+    snprintf(path, sizeof(path), "/v1/projects/%s/%s/%s", kb_cli__project(c),
              k->collection, c->opts.pos[1]);
     if (kb_cli__call(c, "DELETE", path, NULL, &status, &resp) != 0)
         return KB_CLI_EXIT_FAIL;
@@ -442,7 +476,7 @@ kb_cli__version(kb_cli *c)
         && (v = json_string_value(json_object_get(resp, "version"))) != NULL) {
         char text[128];
         snprintf(text, sizeof(text), "%s", v);
-        cell_clean(text);
+        kb_cli__cell_clean(text);
         fprintf(kb_cli__out(), "server %s (%s)\n", text, c->api);
     }
     json_decref(resp);

@@ -460,6 +460,22 @@ unset(const json_t *v)
            || (json_is_object(v) && json_object_size(v) == 0);
 }
 
+/* Fields an update that leaves them out keeps as stored (a Service's
+ * traffic split, changed by `kiban services update-traffic`). */
+static const struct { const char *collection, *field; } kept_fields[] = {
+    { "services", "traffic" },
+};
+
+static bool
+kept_when_omitted(const kb_kind *k, const char *field)
+{
+    for (size_t i = 0; i < sizeof(kept_fields) / sizeof(kept_fields[0]); i++)
+        if (strcmp(kept_fields[i].collection, k->collection) == 0
+            && strcmp(kept_fields[i].field, field) == 0)
+            return true;
+    return false;
+}
+
 bool
 kb_cli__spec_differs(const kb_kind *k, const json_t *desired,
                      const json_t *live)
@@ -469,9 +485,11 @@ kb_cli__spec_differs(const kb_kind *k, const json_t *desired,
         const json_t *d = json_object_get(desired, f->name);
         const json_t *l = json_object_get(live, f->name);
 
-        if (f->cli_only)
-            continue;
+        if (f->cli_only || f->variant == KB_FIELD_UNCHECKED)
+            continue;                      /* never sent, or output-only */
         if (unset(d) && unset(l))
+            continue;
+        if (unset(d) && kept_when_omitted(k, f->name))
             continue;
         if (unset(d) || unset(l) || !json_equal((json_t *)d, (json_t *)l))
             return true;

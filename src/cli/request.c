@@ -16,6 +16,18 @@
 
 static bool curl_ready;
 
+volatile int kb_cli__interrupted;
+
+/* Abandon the transfer once SIGINT has been seen (curl calls this about
+ * once a second even while nothing arrives). */
+static int
+on_progress(void *data, curl_off_t dltotal, curl_off_t dlnow,
+            curl_off_t ultotal, curl_off_t ulnow)
+{
+    (void)data, (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    return kb_cli__interrupted ? 1 : 0;
+}
+
 static size_t
 on_body(char *p, size_t size, size_t nmemb, void *data)
 {
@@ -84,8 +96,14 @@ kb_cli__call(kb_cli *c, const char *method, const char *path,
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl, CURLOPT_USERAGENT, "kiban-cli");
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
 
     cc = curl_easy_perform(curl);
+    if (kb_cli__interrupted) {
+        rc = KB_ECANCELED;
+        goto out_cleanup;
+    }
     if (cc == CURLE_WRITE_ERROR && in.len > 0) {
         if (!c->quiet)
             fprintf(kb_cli__err(), "kiban: the response from %s is larger than "

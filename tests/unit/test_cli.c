@@ -1,9 +1,11 @@
 /*
  * test_cli.c - the kiban CLI (src/cli/): argument parsing against the verb
  * table, help generated from the tables, exit codes, manifest checking with
- * FILE:LINE: FIELD: reason, openapiFile resolution, the spec diff, ages, and
- * apply/get/delete/version against a small in-process fake of the admin API
- * on 127.0.0.1 (the real server is tested by tests/e2e/).
+ * FILE:LINE: FIELD: reason, openapiFile resolution, the spec diff, ages,
+ * the release flow's pure parts (deploy's template merge, update-traffic's
+ * body, durations), and apply/get/delete/version/deploy/services/revisions/
+ * logs against a small in-process fake of the admin API on 127.0.0.1 (the
+ * real server is tested by tests/e2e/).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -65,6 +67,13 @@ run(const char *first, ...)
     slurp(out, out_text, sizeof(out_text));
     slurp(err, err_text, sizeof(err_text));
     return rc;
+}
+
+static void
+assert_string_starts(const char *s, const char *prefix)
+{
+    if (strncmp(s, prefix, strlen(prefix)) != 0)
+        fail_msg("\"%s\" does not start with \"%s\"", s, prefix);
 }
 
 static void
@@ -335,11 +344,11 @@ test_manifest_errors(void **state)
                         "app.yaml:4: status: unknown field (expected "
                         "apiVersion, kind, metadata, spec)");
     /* unknown spec field: the line of that field */
-    assert_string_equal(check_text("kind: Service\nmetadata: {name: x}\n"
-                                   "spec:\n  command: x\n\n  replicas: 3\n",
-                                   NULL),
-                        "app.yaml:6: spec.replicas: unknown field for Service "
-                        "(known: command, args, env, instances)");
+    assert_string_starts(check_text("kind: Service\nmetadata: {name: x}\n"
+                                    "spec:\n  command: x\n\n  replicas: 3\n",
+                                    NULL),
+                         "app.yaml:6: spec.replicas: unknown field for Service "
+                         "(known: command, args, env, ");
     /* wrong type */
     assert_string_equal(check_text("kind: Service\nmetadata: {name: x}\n"
                                    "spec:\n  command: x\n  instances: \"two\"\n",
@@ -584,6 +593,15 @@ test_spec_diff(void **state)
                          " [1, 2]}}, \"status\": {\"routes\": 1}}"));
     assert_true(differs("Gateway", "{\"openapi\": {\"a\": {\"b\": [2, 1]}}}",
                         "{\"openapi\": {\"a\": {\"b\": [1, 2]}}}"));
+    /* a Service's revisions are the server's; its traffic, when the
+     * manifest leaves it out, is kept as `update-traffic` set it */
+    const char *released = "{\"command\": \"./x\", \"revisionCounter\": 2,"
+        " \"revisions\": [{\"name\": \"a-00002-xyz\"}], \"traffic\":"
+        " [{\"revisionName\": \"a-00002-xyz\", \"percent\": 100}]}";
+    assert_false(differs("Service", "{\"command\": \"./x\"}", released));
+    assert_true(differs("Service", "{\"command\": \"./x\", \"traffic\": "
+                        "[{\"latestRevision\": true, \"percent\": 100}]}",
+                        released));
 }
 
 static void
@@ -616,6 +634,301 @@ test_age(void **state)
     assert_string_equal(buf, "-");                   /* no zone */
 }
 
+/* ---- the release flow: pure parts ------------------------------------------------- */
+
+/* Parse deploy/services flags and run f; the result as compact JSON text
+ * (or "ERROR: message"). */
+static const char *
+template_of(const char *current, ...)
+{
+    static char text[2048];
+    kb_cli_opts o;
+    char err[256], *argv[32];
+    json_t *cur = current ? json_loads(current, 0, NULL) : NULL, *t = NULL;
+    int argc = 0, rc;
+    va_list ap;
+
+    va_start(ap, current);
+    for (const char *a = va_arg(ap, const char *); a != NULL;
+         a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    assert_int_equal(kb_cli__parse(kb_cli__verb_find("deploy"), argc, argv,
+                                   &o, err, sizeof(err)), 0);
+    rc = kb_cli__deploy_template(cur, &o, &t, err, sizeof(err));
+    if (rc != 0) {
+        assert_int_equal(rc, KB_EINVAL);
+        assert_null(t);
+        snprintf(text, sizeof(text), "ERROR: %s", err);
+    } else {
+        char *dump = json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS);
+        snprintf(text, sizeof(text), "%s", dump);
+        free(dump);
+    }
+    json_decref(t);
+    json_decref(cur);
+    return text;
+}
+
+static void
+test_deploy_template(void **state)
+{
+    const char *cur =
+        "{\"name\": \"projects/default/services/web\", \"command\": \"./srv\","
+        " \"args\": [\"a\", \"b\"], \"env\": {\"A\": \"1\", \"B\": \"2\"},"
+        " \"instances\": 2, \"resources\": {\"memory\": \"1Gi\"},"
+        " \"traffic\": [{\"latestRevision\": true, \"percent\": 100}],"
+        " \"revisions\": [{\"name\": \"web-00001-abc\"}],"
+        " \"status\": {\"url\": \"http://web.localhost\"}}";
+
+    /* a new service: --command is required, the flags are the template */
+    assert_string_equal(template_of(NULL, "web", "--env", "A=1", NULL),
+                        "ERROR: --command is required to create a service");
+    assert_string_equal(template_of(NULL, "web", "--command", "./srv", "--arg",
+                                    "-v", "--arg", "--port=1", "--env",
+                                    "A=x=y", "--memory", "512Mi", "--cpu",
+                                    "0.5", "--concurrency", "10", "--timeout",
+                                    "30s", "--working-dir", "/srv", NULL),
+        "{\"args\":[\"-v\",\"--port=1\"],\"command\":\"./srv\",\"concurrency\":10,"
+        "\"env\":{\"A\":\"x=y\"},\"resources\":{\"cpu\":\"0.5\",\"memory\":"
+        "\"512Mi\"},\"timeout\":\"30s\",\"workingDir\":\"/srv\"}");
+
+    /* an update: the current template with the flags applied; --env merges,
+     * --remove-env deletes; autoscaling flags drop a fixed count; the
+     * service-level and output-only fields are not part of it */
+    assert_string_equal(template_of(cur, "web", "--env", "A=9", "--env",
+                                    "C=3", "--remove-env", "B", "--cpu", "1",
+                                    "--max-instances", "5", NULL),
+        "{\"args\":[\"a\",\"b\"],\"command\":\"./srv\",\"env\":{\"A\":\"9\","
+        "\"C\":\"3\"},\"maxInstances\":5,\"resources\":{\"cpu\":\"1\","
+        "\"memory\":\"1Gi\"}}");
+    /* any --arg replaces the whole list; --command replaces the command */
+    assert_string_equal(template_of(cur, "web", "--arg", "z", "--command",
+                                    "/bin/new", NULL),
+        "{\"args\":[\"z\"],\"command\":\"/bin/new\",\"env\":{\"A\":\"1\","
+        "\"B\":\"2\"},\"instances\":2,\"resources\":{\"memory\":\"1Gi\"}}");
+    /* removing every variable leaves no env at all */
+    assert_string_equal(template_of(cur, "web", "--remove-env", "A",
+                                    "--remove-env", "B", "--remove-env", "Z",
+                                    NULL),
+        "{\"args\":[\"a\",\"b\"],\"command\":\"./srv\",\"instances\":2,"
+        "\"resources\":{\"memory\":\"1Gi\"}}");
+    /* no flags: the same template (the server then makes no revision) */
+    assert_string_equal(template_of(cur, "web", NULL),
+        "{\"args\":[\"a\",\"b\"],\"command\":\"./srv\",\"env\":{\"A\":\"1\","
+        "\"B\":\"2\"},\"instances\":2,\"resources\":{\"memory\":\"1Gi\"}}");
+
+    /* bad values, each with a message naming the flag */
+    static const struct { const char *flag, *value, *msg; } bad[] = {
+        { "--env", "NOPE", "--env \"NOPE\": want NAME=VALUE" },
+        { "--env", "PORT=1", "--env \"PORT=1\"" },
+        { "--env", "1A=x", "--env \"1A=x\"" },
+        { "--env", "=x", "--env \"=x\"" },
+        { "--remove-env", "A-B", "--remove-env \"A-B\"" },
+        { "--memory", "lots", "--memory \"lots\"" },
+        { "--memory", "0", "--memory \"0\"" },
+        { "--memory", "5Xi", "--memory \"5Xi\"" },
+        { "--cpu", "0", "--cpu \"0\"" },
+        { "--cpu", "-1", "--cpu \"-1\"" },
+        { "--cpu", "0.0005", "--cpu \"0.0005\"" },
+        { "--concurrency", "0", "--concurrency \"0\": want a whole number "
+          "from 1 to 1000" },
+        { "--concurrency", "1001", "--concurrency \"1001\"" },
+        { "--max-instances", "1e3", "--max-instances \"1e3\"" },
+        { "--min-instances", "-1", "--min-instances \"-1\"" },
+        { "--timeout", "30x", "--timeout \"30x\"" },
+        { "--timeout", "0s", "--timeout \"0s\"" },
+        { "--working-dir", "rel/dir", "--working-dir \"rel/dir\": must be "
+          "an absolute path" },
+        { "--command", "", "--command must not be empty" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *got = template_of(cur, "web", bad[i].flag, bad[i].value,
+                                      NULL);
+        if (strncmp(got, "ERROR: ", 7) != 0 || strstr(got, bad[i].msg) == NULL)
+            fail_msg("%s %s: got %s", bad[i].flag, bad[i].value, got);
+    }
+    assert_string_equal(template_of(cur, "web", "--min-instances", "5",
+                                    "--max-instances", "2", NULL),
+                        "ERROR: --min-instances is more than --max-instances");
+}
+
+static const char *
+traffic_of(const char *first, ...)
+{
+    static char text[1024];
+    kb_cli_opts o;
+    char err[256], *argv[32];
+    json_t *t = NULL;
+    int argc = 0, rc;
+    va_list ap;
+
+    argv[argc++] = (char *)"update-traffic";
+    argv[argc++] = (char *)"web";
+    va_start(ap, first);
+    for (const char *a = first; a != NULL; a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    assert_int_equal(kb_cli__parse(kb_cli__verb_find("services"), argc, argv,
+                                   &o, err, sizeof(err)), 0);
+    rc = kb_cli__traffic_body(&o, &t, err, sizeof(err));
+    if (rc != 0) {
+        snprintf(text, sizeof(text), "ERROR: %s", err);
+    } else {
+        char *dump = json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS);
+        snprintf(text, sizeof(text), "%s", dump);
+        free(dump);
+    }
+    json_decref(t);
+    return text;
+}
+
+static void
+test_traffic_flags(void **state)
+{
+    assert_string_equal(traffic_of("--to-revisions", "web-00001-abc=90,"
+                                   "LATEST=10", NULL),
+        "{\"toRevisions\":{\"LATEST\":10,\"web-00001-abc\":90}}");
+    /* repeated flags combine; tags as gcloud's flags */
+    assert_string_equal(traffic_of("--to-tags", "green=10", "--update-tags",
+                                   "green=web-00002-abc", "--remove-tags",
+                                   "blue,red", "--remove-tags", "old", NULL),
+        "{\"removeTags\":[\"blue\",\"red\",\"old\"],\"toTags\":{\"green\":10},"
+        "\"updateTags\":{\"green\":\"web-00002-abc\"}}");
+    assert_string_equal(traffic_of("--to-latest", "--clear-tags", NULL),
+                        "{\"clearTags\":true,\"toLatest\":true}");
+    assert_string_equal(traffic_of("--set-tags", "a=r1,b=r2", NULL),
+                        "{\"setTags\":{\"a\":\"r1\",\"b\":\"r2\"}}");
+
+    static const struct { const char *flag, *value, *msg; } bad[] = {
+        { "--to-revisions", "a=90,b=20", "give 110 percent in all" },
+        { "--to-revisions", "a", "--to-revisions \"a\": want NAME=PERCENT" },
+        { "--to-revisions", "a=", "--to-revisions \"a=\"" },
+        { "--to-revisions", "=5", "--to-revisions \"=5\"" },
+        { "--to-revisions", "a=x", "\"x\" is not a percent" },
+        { "--to-revisions", "a=101", "\"101\" is not a percent" },
+        { "--to-revisions", "a=1,a=2", "\"a\" given twice" },
+        { "--set-tags", "green", "--set-tags \"green\": want TAG=REVISION" },
+        { "--remove-tags", "a,,b", "--remove-tags \"a,,b\"" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *got = traffic_of(bad[i].flag, bad[i].value, NULL);
+        if (strncmp(got, "ERROR: ", 7) != 0 || strstr(got, bad[i].msg) == NULL)
+            fail_msg("%s %s: got %s", bad[i].flag, bad[i].value, got);
+    }
+    assert_string_equal(traffic_of("--to-latest", "--to-tags", "g=1", NULL),
+                        "ERROR: --to-latest cannot be combined with "
+                        "--to-revisions or --to-tags");
+    assert_string_equal(traffic_of("--set-tags", "a=b", "--clear-tags", NULL),
+                        "ERROR: --clear-tags cannot be combined with "
+                        "--set-tags");
+    assert_contains(traffic_of(NULL), "ERROR: give at least one of");
+}
+
+static void
+test_durations_and_numbers(void **state)
+{
+    static const struct { const char *s; long long ms; } good[] = {
+        { "500ms", 500 }, { "30s", 30000 }, { "5m", 300000 },
+        { "2h", 7200000 }, { "7", 7000 }, { "0s", 0 },
+    };
+    static const char *const bad[] = {
+        "", "s", "5x", "-1s", "1.5s", " 5s", "5 s", "5sec", "1234567890s",
+    };
+    long long v;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        assert_int_equal(kb_cli__duration_ms(good[i].s, &v), 0);
+        assert_int_equal(v, good[i].ms);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (kb_cli__duration_ms(bad[i], &v) != KB_EINVAL)
+            fail_msg("duration \"%s\" accepted", bad[i]);
+    assert_int_equal(kb_cli__int_in("10", 1, 10, &v), 0);
+    assert_int_equal(v, 10);
+    assert_int_equal(kb_cli__int_in("11", 1, 10, &v), KB_EINVAL);
+    assert_int_equal(kb_cli__int_in("1e3", 1, 1000, &v), KB_EINVAL);
+    assert_int_equal(kb_cli__int_in("+1", 1, 10, &v), KB_EINVAL);
+    assert_int_equal(kb_cli__int_in(" 1", 1, 10, &v), KB_EINVAL);
+    assert_int_equal(kb_cli__int_in("99999999999999999999", 1, 10, &v),
+                     KB_EINVAL);
+}
+
+static void
+test_revision_percent(void **state)
+{
+    json_t *s = json_loads(
+        "{\"revisions\": [{\"name\": \"w-00001-aaa\"}, {\"name\": \"w-00002-bbb\"}],"
+        " \"traffic\": [{\"latestRevision\": true, \"percent\": 70},"
+        "               {\"revisionName\": \"w-00001-aaa\", \"percent\": 30}]}",
+        0, NULL);
+
+    /* the spec's split: latestRevision counts for the newest */
+    assert_string_equal(kb_cli__newest_revision(s), "w-00002-bbb");
+    assert_int_equal(kb_cli__revision_percent(s, "w-00002-bbb"), 70);
+    assert_int_equal(kb_cli__revision_percent(s, "w-00001-aaa"), 30);
+    assert_int_equal(kb_cli__revision_percent(s, "w-00003-ccc"), 0);
+    /* the runtime's resolved split wins when present */
+    json_object_set_new(s, "status", json_loads(
+        "{\"traffic\": [{\"revisionName\": \"w-00001-aaa\", \"percent\": 100,"
+        " \"latestRevision\": true}]}", 0, NULL));
+    assert_int_equal(kb_cli__revision_percent(s, "w-00002-bbb"), 0);
+    assert_int_equal(kb_cli__revision_percent(s, "w-00001-aaa"), 100);
+    /* no traffic stated at all: everything to the newest */
+    json_object_del(s, "status");
+    json_object_del(s, "traffic");
+    assert_int_equal(kb_cli__revision_percent(s, "w-00002-bbb"), 100);
+    json_decref(s);
+}
+
+static void
+test_release_flow_usage_errors(void **state)
+{
+    /* subcommands and their flags: exit 2 before any request (the API
+     * address is unusable) */
+    const char *api = "--api=http://127.0.0.1:9";
+
+    assert_int_equal(run("services", "frob", api, NULL), 2);
+    assert_contains(err_text, "kiban services: unknown command \"frob\" (list, "
+                              "describe, delete, update-traffic)");
+    assert_int_equal(run("services", "describe", api, NULL), 2);
+    assert_contains(err_text, "missing arguments: usage: kiban services "
+                              "describe SERVICE");
+    assert_int_equal(run("services", "list", "extra", api, NULL), 2);
+    assert_int_equal(run("services", "describe", "web", "--to-latest", api,
+                         NULL), 2);
+    assert_contains(err_text, "flag --to-latest does not apply");
+    assert_int_equal(run("services", "update-traffic", "web", api, NULL), 2);
+    assert_contains(err_text, "give at least one of");
+    assert_int_equal(run("services", "update-traffic", "web", "--to-tags",
+                         "g=200", api, NULL), 2);
+    assert_int_equal(run("services", "describe", "Web", api, NULL), 2);
+    assert_int_equal(run("services", "list", "-o", "xml", api, NULL), 2);
+    assert_int_equal(run("revisions", "list", api, NULL), 2);
+    assert_contains(err_text, "--service SERVICE is required");
+    assert_int_equal(run("revisions", "delete", "--service", "web", api,
+                         NULL), 2);
+    assert_int_equal(run("revisions", "delete", "Bad!", "--service", "web",
+                         api, NULL), 2);
+    assert_int_equal(run("deploy", api, NULL), 2);
+    assert_int_equal(run("deploy", "web", "--tag", "Green", api, NULL), 2);
+    assert_contains(err_text, "--tag \"Green\"");
+    assert_int_equal(run("deploy", "web", "--wait-timeout", "soon", api,
+                         NULL), 2);
+    assert_int_equal(run("deploy", "web", "--output", "json", api, NULL), 2);
+    assert_int_equal(run("logs", "web", "--since", "5x", api, NULL), 2);
+    assert_int_equal(run("logs", "web", "--limit", "0", api, NULL), 2);
+    assert_int_equal(run("logs", "web", "-o", "yaml", api, NULL), 2);
+    assert_int_equal(run("logs", api, NULL), 2);
+    assert_int_equal(run("help", "deploy", NULL), 0);
+    assert_contains(out_text, "--no-traffic");
+    assert_contains(out_text, "--wait-timeout DUR");
+    /* `services` is a verb and a kind: help shows both */
+    assert_int_equal(run("help", "services", NULL), 0);
+    assert_contains(out_text, "Usage: kiban services list|describe");
+    assert_contains(out_text, "kind: Service");
+}
+
 /* ---- a fake admin API on loopback ----------------------------------------------------------- */
 
 /*
@@ -629,6 +942,7 @@ typedef struct fake {
     int       port;
     pthread_t thread;
     json_t   *store;
+    json_t   *last_body;             /* the last request's JSON body */
     char      log[1 << 14];
     size_t    loglen;
     bool      stop;
@@ -657,6 +971,100 @@ fake_error(int c, int code, const char *status, const char *msg)
 {
     fake_reply(c, code, json_pack("{s:{s:i,s:s,s:s}}", "error", "code", code,
                                   "status", status, "message", msg));
+}
+
+/* A service's revisions: a new one when the template fields differ. */
+static void
+fake_revise(json_t *res, const json_t *old, const char *name)
+{
+    json_t *revs = json_deep_copy(json_object_get(old, "revisions"));
+    bool same = old != NULL;
+
+    if (revs == NULL)
+        revs = json_array();
+    for (const char *const *f = kb_cli__template_fields; *f != NULL; f++) {
+        const json_t *a = json_object_get(res, *f), *b = json_object_get(old, *f);
+        if ((a == NULL) != (b == NULL) || (a != NULL && !json_equal(a, b)))
+            same = false;
+    }
+    if (!same) {
+        char rn[128];
+        snprintf(rn, sizeof(rn), "%s-%05zu-abc", name,
+                 json_array_size(revs) + 1);
+        json_array_append_new(revs, json_pack("{s:s}", "name", rn));
+    }
+    json_object_set_new(res, "revisions", revs);
+    if (strcmp(name, "web") != 0)
+        return;                       /* the apply/get tests' services */
+    json_object_set_new(res, "status", json_pack("{s:s, s:[{s:s,s:i},"
+        "{s:s,s:i,s:s,s:s}]}", "url", "http://web.localhost:8080",
+        "traffic", "revisionName", "web-00001-abc", "percent", 90,
+        "revisionName", "web-00002-abc", "percent", 10, "tag", "green",
+        "url", "http://green---web.localhost:8080"));
+}
+
+/* Revisions, :updateTraffic and logs; true if the request was one. */
+static bool
+fake_release_flow(int c, const char *method, const char *target,
+                  const json_t *spec)
+{
+    const char *r = strstr(target, "/revisions/");
+
+    if (r != NULL && strcmp(method, "GET") == 0) {
+        if (strstr(r, "-bad") != NULL)
+            fake_reply(c, 200, json_pack("{s:s, s:{s:b, s:[{s:s,s:s,s:s,s:s}]}}",
+                "revision", r + 11, "status", "ready", 0, "conditions",
+                "type", "Ready", "status", "False", "reason", "CrashLoop",
+                "message", "exited with status 3 five times"));
+        else
+            fake_reply(c, 200, json_pack("{s:s, s:{s:b}}", "revision", r + 11,
+                                         "status", "ready", 1));
+        return true;
+    }
+    if (r != NULL && strcmp(method, "DELETE") == 0) {
+        fake_error(c, 400, "FAILED_PRECONDITION", "revision serves traffic");
+        return true;
+    }
+    if (strstr(target, "/revisions") != NULL) {
+        fake_reply(c, 200, json_pack("{s:[{s:s,s:s,s:{s:i,s:[s]},s:{s:b,s:i,"
+            "s:i}},{s:s,s:s,s:{s:i}}]}", "revisions",
+            "revision", "web-00002-abc", "createTime", "2001-01-01T00:00:00Z",
+            "traffic", "percent", 10, "tags", "green",
+            "status", "ready", 1, "readyInstances", 1, "desired", 1,
+            "revision", "web-00001-abc", "createTime", "2001-01-01T00:00:00Z",
+            "traffic", "percent", 90));
+        return true;
+    }
+    if (strstr(target, ":updateTraffic") != NULL) {
+        json_t *svc = json_pack("{s:s, s:[{s:s,s:i},{s:s,s:i,s:s}]}", "name",
+            "projects/default/services/web", "traffic",
+            "revisionName", "web-00001-abc", "percent", 90,
+            "revisionName", "web-00002-abc", "percent", 10, "tag", "green");
+        (void)spec;
+        fake_reply(c, 200, svc);
+        return true;
+    }
+    if (strstr(target, "/logs") != NULL) {
+        if (strstr(target, "after=") != NULL) {     /* --follow: one more */
+            if (strstr(target, "after=9") != NULL)
+                kb_cli__interrupted = 1;            /* as SIGINT does */
+            fake_reply(c, 200, json_pack("{s:[{s:i,s:s,s:s,s:s,s:s,s:s}], s:i}",
+                "entries", "seq", 8, "time", "2001-01-01T00:00:02Z",
+                "revision", "web-00001-abc", "instance", "2", "stream",
+                "stdout", "text", "later", "nextSeq", 9));
+            return true;
+        }
+        fake_reply(c, 200, json_pack("{s:[{s:i,s:s,s:s,s:s,s:s,s:s},"
+            "{s:i,s:s,s:s,s:s,s:s,s:s}], s:i}", "entries",
+            "seq", 6, "time", "2001-01-01T00:00:00Z", "revision",
+            "web-00001-abc", "instance", "1", "stream", "stdout", "text",
+            "started",
+            "seq", 7, "time", "2001-01-01T00:00:01Z", "revision",
+            "web-00001-abc", "instance", "1", "stream", "stderr", "text",
+            "bad\x1b[31m", "nextSeq", 8));
+        return true;
+    }
+    return false;
 }
 
 static void
@@ -698,6 +1106,12 @@ fake_handle(int c)
     }
     if (clen > 0)
         spec = json_loadb(body, (size_t)clen, 0, NULL);
+    json_decref(F.last_body);
+    F.last_body = json_incref(spec);
+    if (fake_release_flow(c, method, target, spec)) {
+        json_decref(spec);
+        return;
+    }
     validate = strstr(target, "validateOnly=true") != NULL;
     if ((q = strchr(target, '?')) != NULL)
         *q++ = '\0';
@@ -747,6 +1161,8 @@ fake_handle(int c)
             json_object_set_new(res, "createTime",
                                 json_string("2001-01-01T00:00:00Z"));
             json_object_set_new(res, "status", json_pack("{s:i}", "ready", 1));
+            if (strcmp(coll, "services") == 0)
+                fake_revise(res, NULL, id);
             if (!validate)
                 json_object_set(F.store, key, res);
             fake_reply(c, 200, res);
@@ -759,6 +1175,8 @@ fake_handle(int c)
                                    json_object_get(res, "name"), "createTime",
                                    json_object_get(res, "createTime"));
             json_object_update(nr, spec);
+            if (strcmp(coll, "services") == 0)
+                fake_revise(nr, res, name);
             if (!validate)
                 json_object_set(F.store, key, nr);
             fake_reply(c, 200, nr);
@@ -841,6 +1259,7 @@ fake_stop(void **state)
     close(c);
     close(F.fd);
     json_decref(F.store);
+    json_decref(F.last_body);
     unsetenv("KIBAN_API");
     unsetenv("KIBAN_TOKEN");
     return 0;
@@ -988,6 +1407,168 @@ test_get_delete_version_against_fake_api(void **state)
 }
 
 static void
+test_release_flow_against_fake_api(void **state)
+{
+    json_t *web, *v;
+    char age[16], want[1024];
+
+    /* create: GET (404), POST, wait for the revision, read the URL */
+    log_reset();
+    assert_int_equal(run("deploy", "web", "--command", "./srv", "--arg", "-v",
+                         "--env", "A=1", NULL), 0);
+    assert_string_equal(out_text,
+        "Service [web] revision [web-00001-abc] has been deployed and is "
+        "serving 90 percent of traffic.\n"
+        "Service URL: http://web.localhost:8080\n");
+    assert_string_equal(F.log,
+        "GET /v1/projects/default/services/web\n"
+        "POST /v1/projects/default/services?serviceId=web\n"
+        "GET /v1/projects/default/services/web/revisions/web-00001-abc\n"
+        "GET /v1/projects/default/services/web\n");
+
+    /* the same template again: no new revision, nothing to wait for */
+    log_reset();
+    assert_int_equal(run("deploy", "web", NULL), 0);
+    assert_string_equal(out_text,
+                        "No change: revision web-00001-abc is unchanged.\n");
+    assert_null(strstr(F.log, "/revisions/"));
+
+    /* an update: only the template fields, noTraffic and the tag */
+    log_reset();
+    assert_int_equal(run("deploy", "web", "--env", "B=2", "--no-traffic",
+                         "--tag", "green", NULL), 0);
+    assert_contains(F.log, "PATCH /v1/projects/default/services/web?updateMask="
+        "command,args,env,workingDir,resources,concurrency,minInstances,"
+        "maxInstances,instances,scaleDownDelay,timeout,startupProbe,"
+        "readinessProbe,livenessProbe,terminationGracePeriod&noTraffic=true&"
+        "tag=green\n");
+    web = json_object_get(F.store, "services/web");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(
+                            web, "env"), "B")), "2");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(
+                            web, "env"), "A")), "1");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(
+                            web, "args"), 0)), "-v");
+    assert_string_equal(out_text,
+        "Service [web] revision [web-00002-abc] has been deployed and is "
+        "serving 10 percent of traffic.\n"
+        "Service URL: http://web.localhost:8080\n"
+        "The revision can be reached directly at "
+        "http://green---web.localhost:8080\n");
+
+    /* --no-wait: no polling */
+    log_reset();
+    assert_int_equal(run("deploy", "web", "--env", "C=3", "--no-wait", NULL), 0);
+    assert_contains(out_text, "Service [web] revision [web-00003-abc] has been "
+                              "created");
+    assert_null(strstr(F.log, "/revisions/"));
+
+    /* a revision that fails: its reason and message, exit 1 */
+    assert_int_equal(run("deploy", "web-bad", "--command", "./x", NULL), 1);
+    assert_contains(err_text, "kiban: revision [web-bad-00001-abc] failed: "
+                              "CrashLoop: exited with status 3 five times\n");
+    assert_string_equal(out_text, "");
+    /* a new service needs --command */
+    assert_int_equal(run("deploy", "nosuch", NULL), 2);
+    assert_contains(err_text, "--command is required to create a service");
+
+    /* describe: URL, the traffic table, pinned traffic, revisions */
+    json_object_set_new(json_object_get(F.store, "services/web"), "traffic",
+                        json_loads("[{\"revisionName\": \"web-00001-abc\", "
+                                   "\"percent\": 100}]", 0, NULL));
+    assert_int_equal(run("services", "describe", "web", NULL), 0);
+    kb_cli__age("2001-01-01T00:00:00Z", time(NULL), age, sizeof(age));
+    snprintf(want, sizeof(want),
+        "Service web in project default\n"
+        "URL:                      http://web.localhost:8080\n"
+        "Latest created revision:  -\n"
+        "Latest ready revision:    -\n"
+        "Command:                  ./srv\n"
+        "\n"
+        "Traffic:\n"
+        "  PERCENT  REVISION       TAG    URL\n"
+        "  90%%      web-00001-abc  -      -\n"
+        "  10%%      web-00002-abc  green  http://green---web.localhost:8080\n"
+        "\n"
+        "Traffic is pinned: new revisions get no traffic until `kiban services "
+        "update-traffic web --to-latest`.\n"
+        "\n"
+        "Revisions:\n"
+        "  REVISION       READY  INSTANCES  TRAFFIC  TAGS   AGE\n"
+        "  web-00002-abc  true   1/1        10%%      green  %s\n"
+        "  web-00001-abc  -      -          90%%      -      %s\n", age, age);
+    assert_string_equal(out_text, want);
+    assert_int_equal(run("services", "describe", "web", "-o", "json", NULL), 0);
+    v = json_loads(out_text, 0, NULL);
+    assert_non_null(v);
+    assert_string_equal(json_string_value(json_object_get(v, "command")),
+                        "./srv");
+    json_decref(v);
+
+    /* update-traffic: gcloud's flags as JSON; prints the new split */
+    assert_int_equal(run("services", "update-traffic", "web", "--to-tags",
+                         "green=10", NULL), 0);
+    v = json_loads("{\"toTags\": {\"green\": 10}}", 0, NULL);
+    assert_true(json_equal(F.last_body, v));
+    json_decref(v);
+    assert_contains(out_text, "  10%      web-00002-abc  green  -\n");
+    assert_contains(out_text, "Traffic is pinned");
+
+    assert_int_equal(run("services", "list", NULL), 0);
+    assert_contains(out_text, "SERVICE  URL                        "
+                              "LATEST READY  TRAFFIC\n");
+    assert_contains(out_text, "web      http://web.localhost:8080  -  "
+                              "           pinned\n");
+
+    /* revisions */
+    assert_int_equal(run("revisions", "list", "--service", "web", NULL), 0);
+    assert_contains(out_text, "web-00002-abc  true   1/1        10%      "
+                              "green");
+    assert_int_equal(run("revisions", "describe", "web-00002-abc", "--service",
+                         "web", NULL), 0);
+    assert_contains(out_text, "revision: web-00002-abc\n");
+    assert_int_equal(run("revisions", "delete", "web-00001-abc", "--service",
+                         "web", NULL), 1);
+    assert_string_equal(err_text, "kiban: revision serves traffic "
+                                  "(FAILED_PRECONDITION)\n");
+
+    /* logs: one line per entry, control characters shown as ? */
+    log_reset();
+    assert_int_equal(run("logs", "web", "--since", "5m", "--limit", "10",
+                         "--revision", "web-00001-abc", NULL), 0);
+    assert_string_equal(F.log, "GET /v1/projects/default/services/web/logs?"
+                        "revision=web-00001-abc&since=5m&limit=10\n");
+    assert_string_equal(out_text,
+        "2001-01-01T00:00:00Z web-00001-abc/1 started\n"
+        "2001-01-01T00:00:01Z web-00001-abc/1:stderr bad?[31m\n");
+    /* --follow: long polls after the last entry until interrupted (exit
+     * 0); only --revision carries over */
+    log_reset();
+    assert_int_equal(run("logs", "web", "--follow", "--limit", "10",
+                         "--revision", "web-00001-abc", NULL), 0);
+    assert_string_equal(F.log,
+        "GET /v1/projects/default/services/web/logs?revision=web-00001-abc&"
+        "limit=10\n"
+        "GET /v1/projects/default/services/web/logs?after=8&wait=30s&"
+        "revision=web-00001-abc\n"
+        "GET /v1/projects/default/services/web/logs?after=9&wait=30s&"
+        "revision=web-00001-abc\n");
+    assert_contains(out_text, "bad?[31m\n"
+                              "2001-01-01T00:00:02Z web-00001-abc/2 later\n");
+    assert_int_equal(kb_cli__interrupted, 0);
+    assert_int_equal(run("logs", "web", "-o", "json", NULL), 0);
+    v = json_loadb(out_text, strcspn(out_text, "\n"), 0, NULL);
+    assert_non_null(v);
+    assert_string_equal(json_string_value(json_object_get(v, "text")),
+                        "started");
+    json_decref(v);
+
+    assert_int_equal(run("services", "delete", "web", NULL), 0);
+    assert_string_equal(out_text, "Service [web] deleted.\n");
+    assert_int_equal(run("services", "delete", "web", NULL), 1);
+}
+
+static void
 test_unreachable_api(void **state)
 {
     char api[64];
@@ -1023,10 +1604,16 @@ main(void)
         cmocka_unit_test(test_spec_diff),
         cmocka_unit_test(test_age),
         cmocka_unit_test(test_unreachable_api),
+        cmocka_unit_test(test_deploy_template),
+        cmocka_unit_test(test_traffic_flags),
+        cmocka_unit_test(test_durations_and_numbers),
+        cmocka_unit_test(test_revision_percent),
+        cmocka_unit_test(test_release_flow_usage_errors),
     };
     const struct CMUnitTest api_tests[] = {
         cmocka_unit_test(test_apply_against_fake_api),
         cmocka_unit_test(test_get_delete_version_against_fake_api),
+        cmocka_unit_test(test_release_flow_against_fake_api),
     };
     int failed;
 
