@@ -141,6 +141,11 @@ class Server:
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="kiban-e2e-")
         self.args = list(args)
+        # Tests run as root, with files (interpreters, scripts, temporary
+        # dirs) an unprivileged user cannot reach: instances run as the
+        # server's user unless a test asks for --run-as itself.
+        if "--run-as" not in self.args:
+            self.args += ["--run-as", ""]
         self.env = env
         self.proc = None
         self.gateway_port = free_port()

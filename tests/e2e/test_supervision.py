@@ -87,14 +87,22 @@ class SupervisionTest(ServerTest):
                  what="every process of the service to exit")
 
     def test_scale_down_and_up(self):
+        # Another count is another revision (as in Cloud Run): once it is
+        # ready it takes the traffic, and the old revision's instances,
+        # idle past scaleDownDelay, stop.
         pids = self.start_hello(2)
         spec = service(instances=1)
+        spec["scaleDownDelay"] = "1s"
         self.assertEqual(self.srv.api("PATCH", SVC + "/hello", spec).status, 200)
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 15,
+                 what="the old revision's instances to stop")
         wait_for(lambda: len(running_pids(self.srv, "hello")) == 1, 15)
-        wait_for(lambda: sum(pid_alive(p) for p in pids) == 1, 15,
-                 what="one of the two instances to stop")
-        self.assertEqual(running_pids(self.srv, "hello")[0],
-                         [p for p in pids if pid_alive(p)][0])
+        spec["instances"] = 3
+        self.assertEqual(self.srv.api("PATCH", SVC + "/hello", spec).status, 200)
+        wait_for(lambda: len(running_pids(self.srv, "hello")) == 3, 15,
+                 what="three instances")
+        r = self.srv.gw("GET", "/hello")
+        self.assertEqual(r.status, 200, r.body)
 
     def test_sigterm_stops_services_and_exits_zero(self):
         pids = self.start_hello(2)
