@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build asan run test unit bench fuzz clean
+.PHONY: all deps build asan run test unit bench bench-gateway bench-runtime fuzz clean
 
 all: build
 
@@ -31,9 +31,15 @@ test: build asan
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    ctest --output-on-failure -j $(JOBS)
 
-bench: build
+bench: bench-gateway bench-runtime
+
+bench-gateway: build
 	@scripts/deps.sh bench
 	@bench/gateway.sh $(BUILD)
+
+bench-runtime: build
+	@scripts/deps.sh bench
+	@bench/runtime.sh $(BUILD)
 
 fuzz:
 	@scripts/deps.sh fuzz

@@ -295,3 +295,59 @@ fmt_int() { printf "%'d" "$1" 2>/dev/null || printf '%s' "$1"; }
 
 section() { printf '\n### %s\n\n' "$*"; }
 skip() { printf '\n### %s\n\nskipped: %s\n' "$1" "$2"; say "bench: $1 skipped: $2"; exit 0; }
+
+# ---- kiban CLI and figures (bench/runtime/) ------------------------------------
+
+# kiban_cli ARGS…: the CLI against the kiban started by start_kiban
+kiban_cli() {
+    KIBAN_API="$KIBAN_API_URL" "$BUILD/kiban" "$@" \
+        --token-file "$KIBAN_DATA/admin.token"
+}
+
+# kiban_apply_file FILE: apply a manifest; fails loudly when it is refused
+kiban_apply_file() {
+    kiban_cli apply -f "$1" >"$BENCH_WORK/apply.out" 2>&1 ||
+        { cat "$BENCH_WORK/apply.out" >&2; return 1; }
+}
+
+# pctl P VALUE…: the P-th percentile (nearest rank; 100 = max)
+pctl() {
+    local p=$1
+    shift
+    printf '%s\n' "$@" | sort -g | awk -v p="$p" '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "-"; exit }
+            i = int((NR * p + 99) / 100); if (i < 1) i = 1; if (i > NR) i = NR
+            print v[i]
+        }'
+}
+
+# wrk_detail FILE → W_REQS W_NON2XX W_CONNECT W_READ W_WRITE W_TIMEOUT W_RPS
+# W_P50 W_P99 (ms), from the output of one `wrk --latency` run
+wrk_detail() {
+    set -- $(awk '
+        function ms(v) {
+            if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+            if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+            return v
+        }
+        / requests in / { reqs = $1 }
+        /Requests\/sec/ { rps = $2 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        /Non-2xx/ { bad += $NF }
+        /Socket errors/ {
+            for (i = 1; i <= NF; i++) {
+                v = $(i + 1); sub(/,$/, "", v)
+                if ($i == "connect") c = v; else if ($i == "read") r = v
+                else if ($i == "write") w = v; else if ($i == "timeout") t = v
+            }
+        }
+        END { printf "%d %d %d %d %d %d %.0f %.3f %.3f\n",
+                     reqs, bad, c, r, w, t, rps, p50, p99 }
+    ' "$1")
+    W_REQS=$1 W_NON2XX=$2 W_CONNECT=$3 W_READ=$4 W_WRITE=$5 W_TIMEOUT=$6
+    W_RPS=$7 W_P50=$8 W_P99=$9
+}
