@@ -1103,7 +1103,6 @@ kb_runtime_create(uv_loop_t *loop, kb_store *store, const char *self_exe,
     rt->log_bytes = 4u << 20;
     rt->scale_period_ms = 250;
     rt->start_timeout_ms = 10000;
-    rt->probe_interval_ms = 50;
     rt->backoff_min_ms = 100;
     rt->backoff_max_ms = 30000;
     rt->backoff_reset_ms = 10000;

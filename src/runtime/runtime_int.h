@@ -218,7 +218,6 @@ struct kb_runtime {
 
     uint64_t      stop_grace_ms;    /* 0: each revision's own */
     uint64_t      start_timeout_ms;
-    uint64_t      probe_interval_ms;
     uint64_t      backoff_min_ms, backoff_max_ms, backoff_reset_ms;
     uint64_t      shim_grace_ms;
     uint64_t      scale_period_ms;

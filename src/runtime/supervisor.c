@@ -37,6 +37,10 @@
 #define PORT_PICK_TRIES 16
 #define STDIO_READ_MAX  65536
 #define KILL_FALLBACK_MS 3000   /* SIGUSR1 to the shim, then SIGKILL */
+#define STARTUP_FIRST_MS 1      /* default startup probe: first try after
+                                   1 ms, then at 2, 4, 8 ms and every 5 ms */
+#define STARTUP_QUICK_MS 5      /* until its period (a fast process is
+                                   ready in a few ms) */
 
 /* One captured stream of one spawn: a pipe and its line splitter. */
 struct rt_stdio {
@@ -724,6 +728,23 @@ startup_done(void *data, bool ok, const char *why)
         return;
     }
     snprintf(in->last_probe_error, sizeof(in->last_probe_error), "%s", why);
+    if (!p->set) {
+        /* The default probe's quick tries before its first period are
+         * not counted: failure_threshold keeps meaning periods. */
+        uint64_t since = kb_time_mono_ms() - in->spawn_ms;
+
+        if (since < p->period_ms) {
+            uint64_t next = since < STARTUP_FIRST_MS ? STARTUP_FIRST_MS
+                                                     : since;
+
+            if (next > STARTUP_QUICK_MS)
+                next = STARTUP_QUICK_MS;
+            if (next > p->period_ms - since)
+                next = p->period_ms - since;
+            uv_timer_start(&in->timer, startup_tick, next, 0);
+            return;
+        }
+    }
     in->startup_fails++;
     if (rt->start_timeout_ms != 0 && rt->start_timeout_ms < limit)
         limit = rt->start_timeout_ms;
@@ -912,7 +933,7 @@ instance_spawn(rt_instance *in)
                 "instance", in->id, "pid", in->pid, "port", in->port);
     uv_timer_start(&in->timer, startup_tick,
                    in->rev->tpl.startup.initial_delay_ms
-                   + (in->rev->tpl.startup.set ? 0 : rt->probe_interval_ms),
+                   + (in->rev->tpl.startup.set ? 0 : STARTUP_FIRST_MS),
                    0);
 }
 

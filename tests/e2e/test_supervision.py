@@ -131,7 +131,8 @@ class KillNineTest(unittest.TestCase):
         srv.start()
         wait_for(lambda: srv.gw("GET", "/hello").status == 200, 15,
                  what="the restored service")
-        self.assertEqual(len(running_pids(srv, "hello")), 2)
+        wait_for(lambda: len(running_pids(srv, "hello")) == 2, 15,
+                 what="both instances restored")
         srv.stop()
 
 
