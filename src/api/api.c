@@ -654,42 +654,60 @@ apply_update_mask(api_call *c, const char *mask)
     return 0;
 }
 
+/* The stored resource an update starts from: keeps a copy in c->old_doc
+ * with its version; false (answered) when the read failed. */
+static bool
+got_old(api_call *c, int err, const kb_resource *res)
+{
+    if (err != 0) {
+        api_store_error(c, err);
+        return false;
+    }
+    c->old_doc = json_deep_copy(res->doc);
+    c->old_version = res->version;
+    return true;
+}
+
+/* Check c->spec, give it the old uid and write it over c->old_version
+ * (with dry_run and ?validateOnly only answer what it would be); answers
+ * every error. */
+static void
+put_update(api_call *c, bool dry_run)
+{
+    kb_put_opts o = { KB_PUT_UPDATE, 0, NULL };
+    json_t *uid;
+    int rc;
+
+    if (!check_spec(c))
+        return;
+    uid = json_object_get(c->old_doc, "uid");
+    if (uid != NULL)
+        json_object_set(c->spec, "uid", uid);
+    if (dry_run && query_bool(c, "validateOnly")) {
+        respond_dry(c, c->old_version + 1);
+        return;
+    }
+    o.expect_version = c->old_version;
+    rc = kb_store_put(c->api->ctx.store, c->kind->kind->collection, c->parent,
+                      c->name, c->spec, &o, put_done, c);
+    if (rc != 0)
+        api_store_error(c, rc);
+}
+
 static void
 update_got_old(int err, const kb_resource *res, void *data)
 {
     api_call *c = data;
-    kb_put_opts o = { KB_PUT_UPDATE, 0, NULL };
     const char *mask;
-    json_t *uid;
-    int rc;
 
-    if (err != 0) {
-        api_store_error(c, err);
-        return;
-    }
-    c->old_doc = json_deep_copy(res->doc);
-    c->old_version = res->version;
-    if (!read_body(c, res->version))
+    if (!got_old(c, err, res) || !read_body(c, res->version))
         return;
     mask = kb_http_req_query(c->req, "updateMask");
     if (mask != NULL && mask[0] != '\0' && apply_update_mask(c, mask) != 0) {
         api_error(c, 400, "INVALID_ARGUMENT", "malformed updateMask");
         return;
     }
-    if (!check_spec(c))
-        return;
-    uid = json_object_get(c->old_doc, "uid");
-    if (uid != NULL)
-        json_object_set(c->spec, "uid", uid);
-    if (query_bool(c, "validateOnly")) {
-        respond_dry(c, res->version + 1);
-        return;
-    }
-    o.expect_version = res->version;
-    rc = kb_store_put(c->api->ctx.store, c->kind->kind->collection, c->parent,
-                      c->name, c->spec, &o, put_done, c);
-    if (rc != 0)
-        api_store_error(c, rc);
+    put_update(c, true);
 }
 
 static void
@@ -852,17 +870,11 @@ static void
 modify_got(int err, const kb_resource *res, void *data)
 {
     api_call *c = data;
-    kb_put_opts o = { KB_PUT_UPDATE, 0, NULL };
     char why[512] = "";
-    json_t *uid;
     int rc;
 
-    if (err != 0) {
-        api_store_error(c, err);
+    if (!got_old(c, err, res))
         return;
-    }
-    c->old_doc = json_deep_copy(res->doc);
-    c->old_version = res->version;
     c->spec = json_deep_copy(res->doc);
     if (c->old_doc == NULL || c->spec == NULL) {
         api_error(c, 500, "INTERNAL", "out of memory");
@@ -878,16 +890,7 @@ modify_got(int err, const kb_resource *res, void *data)
         api_error(c, 500, "INTERNAL", "out of memory");
         return;
     }
-    if (!check_spec(c))
-        return;
-    uid = json_object_get(c->old_doc, "uid");
-    if (uid != NULL)
-        json_object_set(c->spec, "uid", uid);
-    o.expect_version = res->version;
-    rc = kb_store_put(c->api->ctx.store, c->kind->kind->collection, c->parent,
-                      c->name, c->spec, &o, put_done, c);
-    if (rc != 0)
-        api_store_error(c, rc);
+    put_update(c, false);
 }
 
 void
@@ -932,69 +935,52 @@ kb_api_context(const kb_api *api)
     return &api->ctx;
 }
 
+/* Route `method` and tmpl's pattern (its "%s"s: the kind's collection,
+ * then arg) to a copy of tmpl in the next slot of api->targets; logs a
+ * bad route. */
 static int
-add_route(kb_api *api, const api_route *r, const api_kind *k)
+add_target(kb_api *api, api_target tmpl, const char *method, const char *arg)
 {
     char pattern[256];
     const char *why = NULL;
     api_target *t = &api->targets[api->ntargets++];
     int rc;
 
-    t->route = r;
-    t->kind = k;
-    snprintf(pattern, sizeof(pattern), r->pattern,
-             k ? k->kind->collection : "");
-    rc = kb_router_add(api->router, r->method, pattern, t, &why);
+    *t = tmpl;
+    snprintf(pattern, sizeof(pattern), t->route->pattern,
+             t->kind ? t->kind->kind->collection : "", arg);
+    rc = kb_router_add(api->router, method, pattern, t, &why);
     if (rc != 0)
         kb_log_error("bad API route", "{s:s, s:s}", "pattern", pattern,
                      "error", why ? why : kb_strerror(rc));
     return rc;
+}
+
+static int
+add_route(kb_api *api, const api_route *r, const api_kind *k)
+{
+    return add_target(api, (api_target){ .route = r, .kind = k }, r->method,
+                      "");
 }
 
 static int
 add_verb_route(kb_api *api, const kb_api_verb *v, const api_kind *k)
 {
-    char pattern[256];
-    const char *why = NULL;
-    api_target *t;
-    int rc;
-
     if (v - k->family->verbs >= API_MAX_VERBS)
         return KB_ETOOBIG;
-    t = &api->targets[api->ntargets++];
-    t->route = &verb_route;
-    t->kind = k;
-    t->verb = v;
-    snprintf(pattern, sizeof(pattern), verb_route.pattern,
-             k->kind->collection, v->verb);
-    rc = kb_router_add(api->router, verb_route.method, pattern, t, &why);
-    if (rc != 0)
-        kb_log_error("bad API route", "{s:s, s:s}", "pattern", pattern,
-                     "error", why ? why : kb_strerror(rc));
-    return rc;
+    return add_target(api, (api_target){ .route = &verb_route, .kind = k,
+                                         .verb = v },
+                      verb_route.method, v->verb);
 }
 
 static int
 add_sub_route(kb_api *api, const kb_api_subroute *s, const api_kind *k)
 {
-    char pattern[256];
-    const char *why = NULL;
-    api_target *t;
-    int rc;
-
     if (s - k->family->subroutes >= API_MAX_SUBROUTES)
         return KB_ETOOBIG;
-    t = &api->targets[api->ntargets++];
-    t->route = &sub_route;
-    t->kind = k;
-    t->sub = s;
-    snprintf(pattern, sizeof(pattern), sub_route.pattern,
-             k->kind->collection, s->path);
-    rc = kb_router_add(api->router, s->method, pattern, t, &why);
-    if (rc != 0)
-        kb_log_error("bad API route", "{s:s, s:s}", "pattern", pattern,
-                     "error", why ? why : kb_strerror(rc));
-    return rc;
+    return add_target(api, (api_target){ .route = &sub_route, .kind = k,
+                                         .sub = s },
+                      s->method, s->path);
 }
 
 int

@@ -161,6 +161,25 @@ store_ok(rev_call *rc, int err)
     return true;
 }
 
+/* Read service `name` of `project`, then cb with a rev_call for revision
+ * `rev` (NULL: all); answers req itself when that cannot start. */
+static void
+service_fetch(kb_api *api, kb_http_req *req, const char *project,
+              const char *name, const char *rev, kb_store_res_cb cb)
+{
+    rev_call *rc = rev_call_new(api, req, project, name, rev);
+    char parent[96];
+    int e;
+
+    if (rc == NULL)
+        return;
+    snprintf(parent, sizeof(parent), "projects/%s", project);
+    e = kb_store_get(kb_api_context(api)->store, "services", parent, name,
+                     cb, rc);
+    if (e != 0)
+        kb_api_fail(req, e, NULL);
+}
+
 static void
 list_got(int err, const kb_resource *res, void *data)
 {
@@ -190,17 +209,8 @@ static void
 revisions_list(kb_api *api, kb_http_req *req, const char *project,
                const char *name, const char *sub)
 {
-    rev_call *rc = rev_call_new(api, req, project, name, NULL);
-    char parent[96];
-    int e;
-
-    if (rc == NULL)
-        return;
-    snprintf(parent, sizeof(parent), "projects/%s", project);
-    e = kb_store_get(kb_api_context(api)->store, "services", parent, name,
-                     list_got, rc);
-    if (e != 0)
-        kb_api_fail(req, e, NULL);
+    (void)sub;
+    service_fetch(api, req, project, name, NULL, list_got);
 }
 
 static void
@@ -229,17 +239,7 @@ static void
 revisions_get(kb_api *api, kb_http_req *req, const char *project,
               const char *name, const char *sub)
 {
-    rev_call *rc = rev_call_new(api, req, project, name, sub);
-    char parent[96];
-    int e;
-
-    if (rc == NULL)
-        return;
-    snprintf(parent, sizeof(parent), "projects/%s", project);
-    e = kb_store_get(kb_api_context(api)->store, "services", parent, name,
-                     get_got, rc);
-    if (e != 0)
-        kb_api_fail(req, e, NULL);
+    service_fetch(api, req, project, name, sub, get_got);
 }
 
 static int

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#define DEPLOY_POLL_MS        200
+#define DEPLOY_POLL_MS        50
 #define DEPLOY_WAIT_DEFAULT   (5 * 60 * 1000LL)    /* --wait-timeout */
 #define DEPLOY_MAX_ENV        256
 #define DEPLOY_MAX_ARGS       256
@@ -152,15 +152,7 @@ env_name_ok(const char *s, size_t n)
 static bool
 tag_ok(const char *s)
 {
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 46 || s[0] < 'a' || s[0] > 'z' || s[n - 1] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9')
-              || s[i] == '-'))
-            return false;
-    return true;
+    return strlen(s) <= 46 && kb_name_valid(s);
 }
 
 /* ---- the template ---------------------------------------------------------- */

@@ -7,6 +7,7 @@
 #include "cli/cli_int.h"
 #include "core/err.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -361,23 +362,34 @@ out_free:
 
 /* ---- API helpers ------------------------------------------------------------------ */
 
-/* One call that must answer 2xx with a JSON object: 0 with *resp, or an
- * exit code with the error printed. */
-static int
-call_ok(kb_cli *c, const char *method, const char *path, const json_t *body,
-        json_t **resp)
+/* One call to the path printf-formatted from fmt that must answer 2xx
+ * with a JSON object: 0 with *resp (the caller's; dropped when resp is
+ * NULL), or an exit code with the error printed. */
+static int __attribute__((format(printf, 5, 6)))
+call_ok(kb_cli *c, const char *method, const json_t *body, json_t **resp,
+        const char *fmt, ...)
 {
+    char path[512];
+    json_t *got = NULL;
     long status;
+    va_list ap;
 
-    *resp = NULL;
-    if (kb_cli__call(c, method, path, body, &status, resp) != 0)
-        return KB_CLI_EXIT_FAIL;
-    if (status < 200 || status > 299 || !json_is_object(*resp)) {
-        kb_cli__api_error(c, status, *resp);
-        json_decref(*resp);
+    va_start(ap, fmt);
+    vsnprintf(path, sizeof(path), fmt, ap);
+    va_end(ap);
+    if (resp != NULL)
         *resp = NULL;
+    if (kb_cli__call(c, method, path, body, &status, &got) != 0)
+        return KB_CLI_EXIT_FAIL;
+    if (status < 200 || status > 299 || !json_is_object(got)) {
+        kb_cli__api_error(c, status, got);
+        json_decref(got);
         return KB_CLI_EXIT_FAIL;
     }
+    if (resp != NULL)
+        *resp = got;
+    else
+        json_decref(got);
     return 0;
 }
 
@@ -428,14 +440,12 @@ revision_name_ok(const char *s)
 static int
 get_revisions(kb_cli *c, const char *svc, json_t **revs)
 {
-    char path[512];
     json_t *resp;
     int rc;
 
     *revs = NULL;
-    snprintf(path, sizeof(path), "/v1/projects/%s/services/%s/revisions",
-             kb_cli__project(c), svc);
-    if ((rc = call_ok(c, "GET", path, NULL, &resp)) != 0)
+    if ((rc = call_ok(c, "GET", NULL, &resp, "/v1/projects/%s/services/%s/"
+                      "revisions", kb_cli__project(c), svc)) != 0)
         return rc;
     *revs = json_incref(json_object_get(resp, "revisions"));
     json_decref(resp);
@@ -501,14 +511,12 @@ services_describe(kb_cli *c)
     json_t *svc = NULL, *revs = NULL;
     const json_t *st;
     FILE *out = kb_cli__out();
-    char path[512];
     int rc;
 
     if ((rc = output_format(c, "services", &fmt)) != 0)
         return rc;
-    snprintf(path, sizeof(path), "/v1/projects/%s/services/%s",
-             kb_cli__project(c), name);
-    if ((rc = call_ok(c, "GET", path, NULL, &svc)) != 0)
+    if ((rc = call_ok(c, "GET", NULL, &svc, "/v1/projects/%s/services/%s",
+                      kb_cli__project(c), name)) != 0)
         return rc;
     if (fmt != NULL) {
         rc = kb_cli__print_value(svc, fmt);
@@ -544,17 +552,12 @@ static int
 services_delete(kb_cli *c)
 {
     const char *name = c->opts.pos[1];
-    json_t *resp;
-    char path[512];
-    int rc;
+    int rc = call_ok(c, "DELETE", NULL, NULL, "/v1/projects/%s/services/%s",
+                     kb_cli__project(c), name);
 
-    snprintf(path, sizeof(path), "/v1/projects/%s/services/%s",
-             kb_cli__project(c), name);
-    if ((rc = call_ok(c, "DELETE", path, NULL, &resp)) != 0)
-        return rc;
-    json_decref(resp);
-    fprintf(kb_cli__out(), "Service [%s] deleted.\n", name);
-    return KB_CLI_EXIT_OK;
+    if (rc == 0)
+        fprintf(kb_cli__out(), "Service [%s] deleted.\n", name);
+    return rc;
 }
 
 static int
@@ -562,7 +565,7 @@ services_update_traffic(kb_cli *c)
 {
     const char *name = c->opts.pos[1];
     json_t *body, *svc;
-    char path[512], err[512];
+    char err[512];
     int rc;
 
     if ((rc = kb_cli__traffic_body(&c->opts, &body, err, sizeof(err))) != 0) {
@@ -570,9 +573,8 @@ services_update_traffic(kb_cli *c)
                 "help services'\n", rc == KB_ENOMEM ? "out of memory" : err);
         return rc == KB_ENOMEM ? KB_CLI_EXIT_FAIL : KB_CLI_EXIT_USAGE;
     }
-    snprintf(path, sizeof(path), "/v1/projects/%s/services/%s:updateTraffic",
-             kb_cli__project(c), name);
-    rc = call_ok(c, "POST", path, body, &svc);
+    rc = call_ok(c, "POST", body, &svc, "/v1/projects/%s/services/%s:"
+                 "updateTraffic", kb_cli__project(c), name);
     json_decref(body);
     if (rc != 0)
         return rc;
@@ -628,14 +630,13 @@ revisions_describe(kb_cli *c)
 {
     const char *svc = kb_cli__opt(&c->opts, "service"), *fmt;
     json_t *rev;
-    char path[512];
     int rc;
 
     if ((rc = output_format(c, "revisions", &fmt)) != 0)
         return rc;
-    snprintf(path, sizeof(path), "/v1/projects/%s/services/%s/revisions/%s",
-             kb_cli__project(c), svc, c->opts.pos[1]);
-    if ((rc = call_ok(c, "GET", path, NULL, &rev)) != 0)
+    if ((rc = call_ok(c, "GET", NULL, &rev, "/v1/projects/%s/services/%s/"
+                      "revisions/%s", kb_cli__project(c), svc,
+                      c->opts.pos[1])) != 0)
         return rc;
     rc = kb_cli__print_value(rev, fmt != NULL ? fmt : "yaml");
     json_decref(rev);
@@ -646,17 +647,12 @@ static int
 revisions_delete(kb_cli *c)
 {
     const char *svc = kb_cli__opt(&c->opts, "service");
-    json_t *resp;
-    char path[512];
-    int rc;
+    int rc = call_ok(c, "DELETE", NULL, NULL, "/v1/projects/%s/services/%s/"
+                     "revisions/%s", kb_cli__project(c), svc, c->opts.pos[1]);
 
-    snprintf(path, sizeof(path), "/v1/projects/%s/services/%s/revisions/%s",
-             kb_cli__project(c), svc, c->opts.pos[1]);
-    if ((rc = call_ok(c, "DELETE", path, NULL, &resp)) != 0)
-        return rc;
-    json_decref(resp);
-    fprintf(kb_cli__out(), "Revision [%s] deleted.\n", c->opts.pos[1]);
-    return KB_CLI_EXIT_OK;
+    if (rc == 0)
+        fprintf(kb_cli__out(), "Revision [%s] deleted.\n", c->opts.pos[1]);
+    return rc;
 }
 
 static const svc_sub revisions_subs[] = {

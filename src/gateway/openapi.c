@@ -76,18 +76,6 @@ typedef struct cc {
 /* ------------------------------------------------------------------------ */
 /* Addresses                                                                 */
 
-static bool
-service_name_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 63 || !(s[0] >= 'a' && s[0] <= 'z') || s[n - 1] == '-')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
-              s[i] == '-'))
-            return false;
-    return true;
-}
-
 /* Address path: empty, or '/' then printable characters other than
  * '?', '#' and space. */
 static const char *
@@ -140,7 +128,7 @@ gw__address_parse(const char *a, gw_backend *b)
         const char *name = a + 10;
         size_t n = strcspn(name, "/@"), tn = 0;
         const char *tag = name[n] == '@' ? name + n + 1 : NULL;
-        if (!service_name_ok(name, n))
+        if (!gw__label_ok(name, n, GW_MAX_LABEL))
             return "not a valid URL: service://NAME needs a service name "
                    "(lower-case letters, digits and '-')";
         if (tag != NULL) {

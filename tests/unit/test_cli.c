@@ -638,6 +638,45 @@ test_age(void **state)
 
 /* Parse deploy/services flags and run f; the result as compact JSON text
  * (or "ERROR: message"). */
+/* argv[0..argc) then the words from first to a NULL, parsed as verb's
+ * options into *o (argv must outlive o); fails the test on a parse error. */
+static void
+parse_words(const char *verb, kb_cli_opts *o, char **argv, int argc,
+            const char *first, va_list ap)
+{
+    char err[256];
+
+    for (const char *a = first; a != NULL; a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
+    assert_int_equal(kb_cli__parse(kb_cli__verb_find(verb), argc, argv, o,
+                                   err, sizeof(err)), 0);
+}
+
+/* "ERROR: err" when rc is not 0, else t compact with sorted keys, in
+ * text; returns text.  Drops t. */
+static const char *
+outcome_text(char *text, size_t len, int rc, json_t *t, const char *err)
+{
+    if (rc != 0) {
+        snprintf(text, len, "ERROR: %s", err);
+    } else {
+        char *dump = json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS);
+        snprintf(text, len, "%s", dump);
+        free(dump);
+    }
+    json_decref(t);
+    return text;
+}
+
+/* got is an error that contains msg (the bad flag and value name it). */
+static void
+assert_flag_error(const char *got, const char *flag, const char *value,
+                  const char *msg)
+{
+    if (strncmp(got, "ERROR: ", 7) != 0 || strstr(got, msg) == NULL)
+        fail_msg("%s %s: got %s", flag, value, got);
+}
+
 static const char *
 template_of(const char *current, ...)
 {
@@ -645,29 +684,19 @@ template_of(const char *current, ...)
     kb_cli_opts o;
     char err[256], *argv[32];
     json_t *cur = current ? json_loads(current, 0, NULL) : NULL, *t = NULL;
-    int argc = 0, rc;
+    int rc;
     va_list ap;
 
     va_start(ap, current);
-    for (const char *a = va_arg(ap, const char *); a != NULL;
-         a = va_arg(ap, const char *))
-        argv[argc++] = (char *)a;
+    parse_words("deploy", &o, argv, 0, va_arg(ap, const char *), ap);
     va_end(ap);
-    assert_int_equal(kb_cli__parse(kb_cli__verb_find("deploy"), argc, argv,
-                                   &o, err, sizeof(err)), 0);
     rc = kb_cli__deploy_template(cur, &o, &t, err, sizeof(err));
     if (rc != 0) {
         assert_int_equal(rc, KB_EINVAL);
         assert_null(t);
-        snprintf(text, sizeof(text), "ERROR: %s", err);
-    } else {
-        char *dump = json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS);
-        snprintf(text, sizeof(text), "%s", dump);
-        free(dump);
     }
-    json_decref(t);
     json_decref(cur);
-    return text;
+    return outcome_text(text, sizeof(text), rc, t, err);
 }
 
 static void
@@ -743,10 +772,9 @@ test_deploy_template(void **state)
         { "--command", "", "--command must not be empty" },
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        const char *got = template_of(cur, "web", bad[i].flag, bad[i].value,
-                                      NULL);
-        if (strncmp(got, "ERROR: ", 7) != 0 || strstr(got, bad[i].msg) == NULL)
-            fail_msg("%s %s: got %s", bad[i].flag, bad[i].value, got);
+        assert_flag_error(template_of(cur, "web", bad[i].flag, bad[i].value,
+                                      NULL), bad[i].flag, bad[i].value,
+                          bad[i].msg);
     }
     assert_string_equal(template_of(cur, "web", "--min-instances", "5",
                                     "--max-instances", "2", NULL),
@@ -760,27 +788,16 @@ traffic_of(const char *first, ...)
     kb_cli_opts o;
     char err[256], *argv[32];
     json_t *t = NULL;
-    int argc = 0, rc;
+    int rc;
     va_list ap;
 
-    argv[argc++] = (char *)"update-traffic";
-    argv[argc++] = (char *)"web";
+    argv[0] = (char *)"update-traffic";
+    argv[1] = (char *)"web";
     va_start(ap, first);
-    for (const char *a = first; a != NULL; a = va_arg(ap, const char *))
-        argv[argc++] = (char *)a;
+    parse_words("services", &o, argv, 2, first, ap);
     va_end(ap);
-    assert_int_equal(kb_cli__parse(kb_cli__verb_find("services"), argc, argv,
-                                   &o, err, sizeof(err)), 0);
     rc = kb_cli__traffic_body(&o, &t, err, sizeof(err));
-    if (rc != 0) {
-        snprintf(text, sizeof(text), "ERROR: %s", err);
-    } else {
-        char *dump = json_dumps(t, JSON_COMPACT | JSON_SORT_KEYS);
-        snprintf(text, sizeof(text), "%s", dump);
-        free(dump);
-    }
-    json_decref(t);
-    return text;
+    return outcome_text(text, sizeof(text), rc, t, err);
 }
 
 static void
@@ -812,9 +829,8 @@ test_traffic_flags(void **state)
         { "--remove-tags", "a,,b", "--remove-tags \"a,,b\"" },
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        const char *got = traffic_of(bad[i].flag, bad[i].value, NULL);
-        if (strncmp(got, "ERROR: ", 7) != 0 || strstr(got, bad[i].msg) == NULL)
-            fail_msg("%s %s: got %s", bad[i].flag, bad[i].value, got);
+        assert_flag_error(traffic_of(bad[i].flag, bad[i].value, NULL),
+                          bad[i].flag, bad[i].value, bad[i].msg);
     }
     assert_string_equal(traffic_of("--to-latest", "--to-tags", "g=1", NULL),
                         "ERROR: --to-latest cannot be combined with "

@@ -350,51 +350,85 @@ read_pid_file(const char *file)
     return -1;
 }
 
+/* A service script that starts a setsid() escapee and writes its pid to
+ * `file`, in a fresh directory `dir`. */
+typedef struct escapee {
+    char dir[sizeof("/tmp/kb-lim-XXXXXX")];
+    char file[64];
+    char script[512];
+} escapee;
+
+/* The script is `before`, the escapee, then `after`. */
+static void
+escapee_init(escapee *e, const char *before, const char *after)
+{
+    snprintf(e->dir, sizeof(e->dir), "/tmp/kb-lim-XXXXXX");
+    assert_non_null(mkdtemp(e->dir));
+    snprintf(e->file, sizeof(e->file), "%s/pid", e->dir);
+    snprintf(e->script, sizeof(e->script),
+             "%ssetsid sleep 1000 </dev/null >/dev/null 2>&1 & "
+             "echo $! > %s.tmp; mv %s.tmp %s%s", before, e->file, e->file,
+             e->file, after);
+}
+
+/* The escapee's pid (the test fails without one). */
+static long
+escapee_pid(const escapee *e)
+{
+    long pid = read_pid_file(e->file);
+
+    assert_true(pid > 0);
+    return pid;
+}
+
+/* The escapee `pid` is gone within wait_ms (else killed, and the test
+ * fails: it outlived `what`), and cgroup `id` with it; removes e's files. */
+static void
+escapee_gone(escapee *e, long pid, int wait_ms, const char *what,
+             const char *id)
+{
+    uint64_t end = kb_time_mono_ms() + (uint64_t)wait_ms;
+
+    while (alive(pid) && kb_time_mono_ms() < end)
+        usleep(10 * 1000);
+    if (alive(pid)) {
+        kill((pid_t)pid, SIGKILL);
+        fail_msg("the setsid() escapee %ld outlived %s", pid, what);
+    }
+    assert_false(cg_exists(id));
+    unlink(e->file);
+    rmdir(e->dir);
+}
+
 static void
 test_setsid_escapee_dies_with_service(void **state)
 {
     (void)state;
-    char id[32], dir[] = "/tmp/kb-lim-XXXXXX", script[512], file[64];
+    char id[32];
+    escapee e;
     run r;
 
     if (!can_cgroup(false, false))
         skip();
-    assert_non_null(mkdtemp(dir));
-    snprintf(file, sizeof(file), "%s/pid", dir);
-    snprintf(script, sizeof(script),
-             "setsid sleep 1000 </dev/null >/dev/null 2>&1 & "
-             "echo $! > %s.tmp; mv %s.tmp %s", file, file, file);
+    escapee_init(&e, "", "");
     const char *opts[] = { "--cgroup", new_id(id, sizeof(id)), NULL };
-    const char *cmd[] = { "sh", "-c", script, NULL };
+    const char *cmd[] = { "sh", "-c", e.script, NULL };
     run_shim(opts, cmd, NULL, &r);
     assert_int_equal(exit_of(&r), 0);
-    long pid = read_pid_file(file);
-    assert_true(pid > 0);
-    if (alive(pid)) {
-        kill((pid_t)pid, SIGKILL);
-        fail_msg("the setsid() escapee %ld outlived its service", pid);
-    }
-    assert_false(cg_exists(id));
-    unlink(file);
-    rmdir(dir);
+    escapee_gone(&e, escapee_pid(&e), 0, "its service", id);
 }
 
 static void
 test_server_gone_stops_escapees(void **state)
 {
     (void)state;
-    char id[32], dir[] = "/tmp/kb-lim-XXXXXX", script[512], file[64];
-    char fd_arg[16];
+    char id[32], fd_arg[16];
+    escapee e;
     int w[2];
 
     if (!can_cgroup(false, false))
         skip();
-    assert_non_null(mkdtemp(dir));
-    snprintf(file, sizeof(file), "%s/pid", dir);
-    snprintf(script, sizeof(script),
-             "setsid sleep 1000 </dev/null >/dev/null 2>&1 & "
-             "echo $! > %s.tmp; mv %s.tmp %s; exec sleep 1000", file, file,
-             file);
+    escapee_init(&e, "", "; exec sleep 1000");
     assert_int_equal(pipe2(w, O_CLOEXEC), 0);
     new_id(id, sizeof(id));
     pid_t shim = fork();
@@ -405,27 +439,17 @@ test_server_gone_stops_escapees(void **state)
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, STDERR_FILENO);
         execl(self_exe, self_exe, "__shim", "--watch-fd", fd_arg,
-              "--grace-ms", "300", "--cgroup", id, "--", "sh", "-c", script,
-              (char *)NULL);
+              "--grace-ms", "300", "--cgroup", id, "--", "sh", "-c",
+              e.script, (char *)NULL);
         _exit(99);
     }
     close(w[0]);
-    long pid = read_pid_file(file);
-    assert_true(pid > 0);
+    long pid = escapee_pid(&e);
     assert_true(alive(pid));
     close(w[1]);                /* the "server" is gone */
     int st;
     assert_int_equal(waitpid(shim, &st, 0), shim);
-    uint64_t end = kb_time_mono_ms() + 5000;
-    while (alive(pid) && kb_time_mono_ms() < end)
-        usleep(10 * 1000);
-    if (alive(pid)) {
-        kill((pid_t)pid, SIGKILL);
-        fail_msg("the setsid() escapee %ld outlived the server", pid);
-    }
-    assert_false(cg_exists(id));
-    unlink(file);
-    rmdir(dir);
+    escapee_gone(&e, pid, 5000, "the server", id);
 }
 
 /* SIGUSR1: everything dies at once, the cgroup goes, the shim exits with
@@ -434,42 +458,28 @@ static void
 test_kill_now(void **state)
 {
     (void)state;
-    char id[32], dir[] = "/tmp/kb-lim-XXXXXX", script[512], file[64];
+    char id[32];
+    escapee e;
 
     if (!can_cgroup(false, false))
         skip();
-    assert_non_null(mkdtemp(dir));
-    snprintf(file, sizeof(file), "%s/pid", dir);
-    snprintf(script, sizeof(script),
-             "trap '' TERM; setsid sleep 1000 </dev/null >/dev/null 2>&1 & "
-             "echo $! > %s.tmp; mv %s.tmp %s; exec sleep 1000", file, file,
-             file);
+    escapee_init(&e, "trap '' TERM; ", "; exec sleep 1000");
     new_id(id, sizeof(id));
     pid_t shim = fork();
     assert_true(shim >= 0);
     if (shim == 0) {
         execl(self_exe, self_exe, "__shim", "--grace-ms", "60000",
-              "--cgroup", id, "--", "sh", "-c", script, (char *)NULL);
+              "--cgroup", id, "--", "sh", "-c", e.script, (char *)NULL);
         _exit(99);
     }
-    long pid = read_pid_file(file);
-    assert_true(pid > 0);
+    long pid = escapee_pid(&e);
     assert_true(alive(pid));
     assert_int_equal(kill(shim, SIGUSR1), 0);
     int st;
     assert_int_equal(waitpid(shim, &st, 0), shim);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 128 + SIGKILL);
-    uint64_t end = kb_time_mono_ms() + 5000;
-    while (alive(pid) && kb_time_mono_ms() < end)
-        usleep(10 * 1000);
-    if (alive(pid)) {
-        kill((pid_t)pid, SIGKILL);
-        fail_msg("the setsid() escapee %ld outlived a kill", pid);
-    }
-    assert_false(cg_exists(id));
-    unlink(file);
-    rmdir(dir);
+    escapee_gone(&e, pid, 5000, "a kill", id);
 }
 
 /* A process that joined cgroup `id`, with a setsid() grandchild; both

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "rt_fixture.h"
+
 #define MAX_CONNS 8
 
 typedef enum srv_mode {
@@ -53,27 +55,6 @@ typedef struct fx {
     bool        ok;
     char        why[128];
 } fx;
-
-static void tick_cb(uv_timer_t *t) { (void)t; }
-
-#define RUN_UNTIL(f, cond, ms) do {                                        \
-    uint64_t end_ = kb_time_mono_ms() + (ms);                              \
-    while (!(cond)) {                                                      \
-        if (kb_time_mono_ms() >= end_)                                     \
-            fail_msg("%s:%d: not true within %d ms: %s", __FILE__,         \
-                     __LINE__, (int)(ms), #cond);                          \
-        uv_run(&(f)->loop, UV_RUN_ONCE);                                   \
-    }                                                                      \
-} while (0)
-
-static void
-run_for(fx *f, int ms)
-{
-    uint64_t end = kb_time_mono_ms() + (uint64_t)ms;
-
-    while (kb_time_mono_ms() < end)
-        uv_run(&f->loop, UV_RUN_ONCE);
-}
 
 /* ---- the server ---- */
 
@@ -211,9 +192,7 @@ setup(void **state)
     fx *f = calloc(1, sizeof(*f));
 
     assert_non_null(f);
-    assert_int_equal(uv_loop_init(&f->loop), 0);
-    uv_timer_init(&f->loop, &f->tick);
-    uv_timer_start(&f->tick, tick_cb, 10, 10);
+    rt_loop_open(&f->loop, &f->tick);
     *state = f;
     return 0;
 }
@@ -268,10 +247,33 @@ probe_once(fx *f, int port, const rt_probe *p)
     assert_int_equal(kb__rt_probe_start(&f->loop, port, p, probe_cb, f, &r),
                      0);
     assert_non_null(r);
-    RUN_UNTIL(f, f->calls > 0, 10000);
+    EVENTUALLY(f, f->calls > 0, 10000);
     run_for(f, 20);
     assert_int_equal(f->calls, 1);
     return f->ok;
+}
+
+/* An answer the server gives and what the probe makes of it (why NULL:
+ * not checked). */
+typedef struct answer {
+    const char *reply;
+    bool        ok;
+    const char *why;
+} answer;
+
+/* Probe once per answer, the server (listening) giving each in turn. */
+static void
+check_answers(fx *f, const rt_probe *p, const answer *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        f->s.reply = a[i].reply;
+        f->s.reply_len = strlen(a[i].reply);
+        if (probe_once(f, f->s.port, p) != a[i].ok)
+            fail_msg("%s: ok is %d, want %d (%s)", a[i].reply, !a[i].ok,
+                     a[i].ok, f->why);
+        if (a[i].why != NULL)
+            assert_string_equal(f->why, a[i].why);
+    }
 }
 
 /* ---- tcpSocket ---- */
@@ -340,22 +342,16 @@ test_http_redirect_and_edges(void **state)
     assert_true(probe_once(f, f->s.port, &p));
     assert_string_equal(f->why, "HTTP 301");
     assert_non_null(strstr(f->s.req, "GET / HTTP/1.1\r\n"));
-    /* 399 passes, 400 and 199 do not: Kubernetes' range. */
-    f->s.reply = "HTTP/1.1 399 X\r\n\r\n";
-    f->s.reply_len = strlen(f->s.reply);
-    assert_true(probe_once(f, f->s.port, &p));
-    f->s.reply = "HTTP/1.1 400 Bad Request\r\n\r\n";
-    f->s.reply_len = strlen(f->s.reply);
-    assert_false(probe_once(f, f->s.port, &p));
-    assert_string_equal(f->why, "HTTP 400");
-    f->s.reply = "HTTP/1.1 199 X\r\n\r\n";
-    f->s.reply_len = strlen(f->s.reply);
-    assert_false(probe_once(f, f->s.port, &p));
-    /* A status line without a reason phrase, then the connection closes. */
-    f->s.reply = "HTTP/1.1 204";
-    f->s.reply_len = strlen(f->s.reply);
-    assert_true(probe_once(f, f->s.port, &p));
-    assert_string_equal(f->why, "HTTP 204");
+    static const answer edges[] = {
+        /* 399 passes, 400 and 199 do not: Kubernetes' range. */
+        { "HTTP/1.1 399 X\r\n\r\n", true, NULL },
+        { "HTTP/1.1 400 Bad Request\r\n\r\n", false, "HTTP 400" },
+        { "HTTP/1.1 199 X\r\n\r\n", false, NULL },
+        /* A status line without a reason phrase, then the connection
+         * closes. */
+        { "HTTP/1.1 204", true, "HTTP 204" },
+    };
+    check_answers(f, &p, edges, sizeof(edges) / sizeof(edges[0]));
 }
 
 static void
@@ -387,24 +383,19 @@ test_http_garbage_fails(void **state)
     fx *f = *state;
     rt_probe p = http_probe("/", 1000);
     static char big[6000];
+    static const answer garbage[] = {
+        { "SSH-2.0-OpenSSH_9.2\r\n", false, "bad status line" },
+        { "HTTP/1.1 2000 OK\r\n\r\n", false, NULL },
+        /* Closed without a byte. */
+        { "", false, "connection closed before a response" },
+        /* No line end within 4 KiB (big, below): the probe stops
+         * reading. */
+        { big, false, "status line too long" },
+    };
 
-    srv_reply(f, "SSH-2.0-OpenSSH_9.2\r\n");
-    assert_false(probe_once(f, f->s.port, &p));
-    assert_string_equal(f->why, "bad status line");
-    f->s.reply = "HTTP/1.1 2000 OK\r\n\r\n";
-    f->s.reply_len = strlen(f->s.reply);
-    assert_false(probe_once(f, f->s.port, &p));
-    /* Closed without a byte. */
-    f->s.reply = "";
-    f->s.reply_len = 0;
-    assert_false(probe_once(f, f->s.port, &p));
-    assert_string_equal(f->why, "connection closed before a response");
-    /* No line end within 4 KiB: the probe stops reading. */
-    memset(big, 'H', sizeof(big));
-    f->s.reply = big;
-    f->s.reply_len = sizeof(big);
-    assert_false(probe_once(f, f->s.port, &p));
-    assert_string_equal(f->why, "status line too long");
+    memset(big, 'H', sizeof(big) - 1);
+    srv_start(f, SRV_REPLY, NULL, 0);
+    check_answers(f, &p, garbage, sizeof(garbage) / sizeof(garbage[0]));
 }
 
 static void
@@ -451,7 +442,7 @@ test_cancel_prevents_callback(void **state)
     kb__rt_probe_cancel(r);
     assert_int_equal(kb__rt_probe_start(&f->loop, f->s.port, &p, probe_cb,
                                         f, &r), 0);
-    RUN_UNTIL(f, strstr(f->s.req, "GET /healthz") != NULL, 5000);
+    EVENTUALLY(f, strstr(f->s.req, "GET /healthz") != NULL, 5000);
     kb__rt_probe_cancel(r);
     kb__rt_probe_cancel(NULL);
     run_for(f, 600);                    /* past the 300 ms timeout */

@@ -37,8 +37,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-static char self_exe[PATH_MAX];
-static char hello[PATH_MAX];
+#define RT_FIXTURE_PROCS
+#include "rt_fixture.h"
 
 typedef struct fx {
     uv_loop_t   loop;
@@ -48,31 +48,6 @@ typedef struct fx {
     char        dir[64];
     pid_t       server;         /* the kill -9 test's server, until killed */
 } fx;
-
-/* Poll `cond` while running the loop; fail after ms. */
-#define EVENTUALLY(f, cond, ms) do {                                       \
-    uint64_t end_ = kb_time_mono_ms() + (ms);                              \
-    while (!(cond)) {                                                      \
-        if (kb_time_mono_ms() >= end_)                                     \
-            fail_msg("%s:%d: not true within %d ms: %s", __FILE__,         \
-                     __LINE__, (int)(ms), #cond);                          \
-        uv_run(&(f)->loop, UV_RUN_ONCE);                                   \
-    }                                                                      \
-} while (0)
-
-static void
-run_for(fx *f, int ms)
-{
-    uint64_t end = kb_time_mono_ms() + (uint64_t)ms;
-    while (kb_time_mono_ms() < end)
-        uv_run(&f->loop, UV_RUN_ONCE);
-}
-
-static void
-tick_cb(uv_timer_t *t)
-{
-    (void)t;
-}
 
 static int
 rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -98,9 +73,7 @@ fx_setup_common(void **state, bool with_store)
     fx *f = calloc(1, sizeof(*f));
 
     assert_non_null(f);
-    assert_int_equal(uv_loop_init(&f->loop), 0);
-    uv_timer_init(&f->loop, &f->tick);
-    uv_timer_start(&f->tick, tick_cb, 10, 10);
+    rt_loop_open(&f->loop, &f->tick);
     if (with_store)
         opened_store(f);
     assert_int_equal(kb_runtime_create(&f->loop, f->store, self_exe,
@@ -120,12 +93,6 @@ static int
 fx_setup_store(void **state)
 {
     return fx_setup_common(state, true);
-}
-
-static void
-flag_set(void *data)
-{
-    *(int *)data = 1;
 }
 
 static void
@@ -250,47 +217,6 @@ endpoint_ok(fx *f, const char *name, kb_endpoint *ep)
     return kb_runtime_endpoint(f->rt, "p", name, ep ? ep : &tmp) == 0;
 }
 
-/*
- * One blocking HTTP/1.1 request to 127.0.0.1:port (the loop is not run
- * meanwhile; the instance is another process).  Returns the status code,
- * or -1 if there was no response; the body goes to out.
- */
-static int
-http(int port, const char *method, const char *path, char *out, size_t len)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    struct timeval tv = { .tv_sec = 5 };
-    char req[512], buf[16384];
-    size_t n = 0;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    out[0] = '\0';
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-        close(fd);
-        return -1;
-    }
-    int rl = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: t\r\n"
-                      "Connection: close\r\n\r\n", method, path);
-    if (write(fd, req, (size_t)rl) != rl) {
-        close(fd);
-        return -1;
-    }
-    for (ssize_t r; n < sizeof(buf) - 1
-         && (r = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0;)
-        n += (size_t)r;
-    close(fd);
-    buf[n] = '\0';
-    int status;
-    char *body = strstr(buf, "\r\n\r\n");
-    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1 || body == NULL)
-        return -1;
-    snprintf(out, len, "%s", body + 4);
-    return status;
-}
-
 /* GET /hello on the service's endpoint: the pid and message (copied). */
 static long
 hello_pid(fx *f, const char *name, char *msg, size_t msglen, int *port_out)
@@ -314,12 +240,6 @@ hello_pid(fx *f, const char *name, char *msg, size_t msglen, int *port_out)
     if (port_out != NULL)
         *port_out = ep.port;
     return pid;
-}
-
-static bool
-group_gone(int pgid)
-{
-    return kill(-pgid, 0) < 0 && errno == ESRCH;
 }
 
 /*
@@ -1099,26 +1019,12 @@ main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "__shim") == 0)
         return kb_runtime_shim_main(argc, argv);
 
-    ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
-    if (n <= 0)
+    if (rt_find_self() != 0)
         return 1;
-    self_exe[n] = '\0';
     if (argc > 1 && strcmp(argv[1], "__server") == 0)
         return server_main(argc, argv);
-    const char *h = getenv("KIBAN_HELLO");
-    if (h != NULL && *h != '\0') {
-        snprintf(hello, sizeof(hello), "%s", h);
-    } else {
-        snprintf(hello, sizeof(hello), "%s", self_exe);
-        char *slash = strrchr(hello, '/');
-        snprintf(slash + 1, sizeof(hello) - (size_t)(slash + 1 - hello),
-                 "kiban-hello");
-    }
-    if (access(hello, X_OK) != 0) {
-        fprintf(stderr, "test_runtime: kiban-hello not found at %s "
-                "(set KIBAN_HELLO)\n", hello);
+    if (rt_find_hello("test_runtime") != 0)
         return 1;
-    }
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validate_names_fields),

@@ -31,8 +31,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-static char self_exe[PATH_MAX];
-static char hello[PATH_MAX];
+#define RT_FIXTURE_PROCS
+#include "rt_fixture.h"
 
 #define MAX_LEASES  16
 #define NWAITERS    (KB_RT_MAX_WAITERS + 8)
@@ -49,23 +49,6 @@ typedef struct fx {
     kb_rt_lease  lease[MAX_LEASES];  /* released at teardown if held */
     waiter      *waiters;       /* NWAITERS; cancelled at teardown */
 } fx;
-
-/* Poll `cond` while running the loop; fail after ms (a hang guard). */
-#define EVENTUALLY(f, cond, ms) do {                                       \
-    uint64_t end_ = kb_time_mono_ms() + (ms);                              \
-    while (!(cond)) {                                                      \
-        if (kb_time_mono_ms() >= end_)                                     \
-            fail_msg("%s:%d: not true within %d ms: %s", __FILE__,         \
-                     __LINE__, (int)(ms), #cond);                          \
-        uv_run(&(f)->loop, UV_RUN_ONCE);                                   \
-    }                                                                      \
-} while (0)
-
-static void
-tick_cb(uv_timer_t *t)
-{
-    (void)t;
-}
 
 static void
 on_notify(kb_rt_waiter *w)
@@ -84,19 +67,11 @@ fx_setup(void **state)
         f->waiters[i].w.notify = on_notify;
         f->waiters[i].w.data = &f->waiters[i];
     }
-    assert_int_equal(uv_loop_init(&f->loop), 0);
-    uv_timer_init(&f->loop, &f->tick);
-    uv_timer_start(&f->tick, tick_cb, 10, 10);
+    rt_loop_open(&f->loop, &f->tick);
     assert_int_equal(kb_runtime_create(&f->loop, NULL, self_exe, &f->rt), 0);
     kb__runtime_set_timing(f->rt, 2000, 8000, 1000);
     *state = f;
     return 0;
-}
-
-static void
-flag_set(void *data)
-{
-    *(int *)data = 1;
 }
 
 static int
@@ -235,12 +210,6 @@ inst_count(fx *f, const char *name, const char *rev)
     return n;
 }
 
-static bool
-group_gone(int pgid)
-{
-    return kill(-pgid, 0) < 0 && errno == ESRCH;
-}
-
 /* kb_runtime_acquire on project "p" with an optional test waiter. */
 static int
 acq(fx *f, const char *name, const char *tag, const char *rev, uint32_t rnd,
@@ -260,54 +229,13 @@ xorshift(uint32_t *s)
     return *s = x;
 }
 
-/*
- * One blocking HTTP/1.1 request to 127.0.0.1:port (the loop is not run
- * meanwhile; the instance is another process).  The status code, or -1
- * without a response; the body goes to out.
- */
-static int
-http(int port, const char *path, char *out, size_t len)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    struct timeval tv = { .tv_sec = 10 };
-    char req[512], buf[16384];
-    size_t n = 0;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    out[0] = '\0';
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-        close(fd);
-        return -1;
-    }
-    int rl = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\n"
-                      "Connection: close\r\n\r\n", path);
-    if (write(fd, req, (size_t)rl) != rl) {
-        close(fd);
-        return -1;
-    }
-    for (ssize_t r; n < sizeof(buf) - 1
-         && (r = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0;)
-        n += (size_t)r;
-    close(fd);
-    buf[n] = '\0';
-    int status;
-    char *body = strstr(buf, "\r\n\r\n");
-    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1 || body == NULL)
-        return -1;
-    snprintf(out, len, "%s", body + 4);
-    return status;
-}
-
 /* The pid kiban-hello reports on /hello at that port (-1: no answer). */
 static long
 hello_pid(int port)
 {
     char body[4096];
 
-    if (http(port, "/hello", body, sizeof(body)) != 200)
+    if (http(port, "GET", "/hello", body, sizeof(body)) != 200)
         return -1;
     json_t *j = json_loads(body, 0, NULL);
     long pid = (long)json_integer_value(json_object_get(j, "pid"));
@@ -416,7 +344,8 @@ test_latest_ready(void **state)
         assert_int_equal(acq(f, "lr", NULL, NULL, rnd, NULL, &l), 0);
         assert_string_equal(l.ep.revision, r2);
         char body[1024];
-        assert_int_equal(http(l.ep.port, "/hello", body, sizeof(body)), 200);
+        assert_int_equal(http(l.ep.port, "GET", "/hello", body,
+                              sizeof(body)), 200);
         assert_non_null(strstr(body, r2));      /* "revision":"lr-00002…" */
         kb_runtime_release(f->rt, &l, 0, 200);
     }
@@ -494,7 +423,8 @@ test_scale_to_zero_and_cold_start(void **state)
     assert_int_equal(rev_int(f, "zero", r1, "coldStarts"), 1);
     assert_int_equal(rev_int(f, "zero", r1, "inflight"), 1);
     char body[1024];
-    assert_int_equal(http(l->ep.port, "/hello", body, sizeof(body)), 200);
+    assert_int_equal(http(l->ep.port, "GET", "/hello", body,
+                          sizeof(body)), 200);
     kb_runtime_release(f->rt, l, 0, 200);
     assert_int_equal(w->notified, 1);           /* once */
 
@@ -640,7 +570,8 @@ slow_thread(void *arg)
 {
     slow_req *r = arg;
 
-    r->status = http(r->port, "/sleep/1500", r->body, sizeof(r->body));
+    r->status = http(r->port, "GET", "/sleep/1500", r->body,
+                     sizeof(r->body));
     atomic_store(&r->done, 1);
     return NULL;
 }
@@ -740,15 +671,16 @@ test_readiness_probe(void **state)
     long pid = hello_pid((int)port);
     assert_true(pid > 0);
 
-    assert_int_equal(http((int)port, "/health/fail", body, sizeof(body)),
-                     200);
+    assert_int_equal(http((int)port, "GET", "/health/fail", body,
+                          sizeof(body)), 200);
     EVENTUALLY(f, rev_int(f, "rdy", r1, "readyInstances") == 0, 5000);
     assert_int_equal(acq(f, "rdy", NULL, NULL, 0, NULL, &l), KB_EAGAIN);
     /* Out of rotation, not restarted. */
     assert_int_equal(inst_count(f, "rdy", r1), 1);
     assert_int_equal(inst_int(f, "rdy", r1, 0, "restarts"), 0);
 
-    assert_int_equal(http((int)port, "/health/ok", body, sizeof(body)), 200);
+    assert_int_equal(http((int)port, "GET", "/health/ok", body,
+                          sizeof(body)), 200);
     EVENTUALLY(f, rev_ready(f, "rdy", r1), 5000);
     assert_int_equal(acq(f, "rdy", NULL, NULL, 0, NULL, &l), 0);
     assert_int_equal(l.ep.port, port);
@@ -774,8 +706,8 @@ test_liveness_probe_restarts(void **state)
     assert_true(pid > 0);
     assert_int_equal(inst_int(f, "live", r1, 0, "restarts"), 0);
 
-    assert_int_equal(http((int)port, "/health/fail", body, sizeof(body)),
-                     200);
+    assert_int_equal(http((int)port, "GET", "/health/fail", body,
+                          sizeof(body)), 200);
     EVENTUALLY(f, inst_int(f, "live", r1, 0, "restarts") >= 1, 5000);
     EVENTUALLY(f, rev_ready(f, "live", r1), 8000);
     assert_true(rev_int(f, "live", r1, "restarts") >= 1);
@@ -949,7 +881,8 @@ test_logs(void **state)
     assert_int_equal(r.calls, 0);
     assert_non_null(h);
     json_int_t port2 = inst_int(f, "lg", r2, 0, "port");
-    assert_int_equal(http((int)port2, "/crash", body, sizeof(body)), -1);
+    assert_int_equal(http((int)port2, "GET", "/crash", body,
+                          sizeof(body)), -1);
     EVENTUALLY(f, r.calls == 1, 5000);
     assert_non_null(r.res);
     int k = entry_find(r.res, "/crash requested");
@@ -1032,24 +965,8 @@ main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "__shim") == 0)
         return kb_runtime_shim_main(argc, argv);
 
-    ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
-    if (n <= 0)
+    if (rt_find_self() != 0 || rt_find_hello("test_scale") != 0)
         return 1;
-    self_exe[n] = '\0';
-    const char *h = getenv("KIBAN_HELLO");
-    if (h != NULL && *h != '\0') {
-        snprintf(hello, sizeof(hello), "%s", h);
-    } else {
-        snprintf(hello, sizeof(hello), "%s", self_exe);
-        char *slash = strrchr(hello, '/');
-        snprintf(slash + 1, sizeof(hello) - (size_t)(slash + 1 - hello),
-                 "kiban-hello");
-    }
-    if (access(hello, X_OK) != 0) {
-        fprintf(stderr, "test_scale: kiban-hello not found at %s "
-                "(set KIBAN_HELLO)\n", hello);
-        return 1;
-    }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
     const struct CMUnitTest tests[] = {
