@@ -82,23 +82,31 @@ plain_number(const char *s, const char *end)
     return points <= 1;
 }
 
+/* A unit suffix and what one of it is worth. */
+typedef struct tpl_unit {
+    const char *suffix;
+    double      mul;
+} tpl_unit;
+
 /*
- * "500ms", "30s", "5m", "1h", "1.5s" or a JSON number of seconds, into
- * milliseconds, at most TPL_MAX_DURATION_MS.  False if malformed.
+ * A quantity: a JSON number times json_mul (only an integer when
+ * integers_only), or a string of digits with at most one point followed
+ * by one of `units` (times its mul).  False if malformed; the caller
+ * checks the range.
  */
 static bool
-parse_duration(const json_t *v, uint64_t *ms)
+parse_quantity(const json_t *v, const tpl_unit *units, size_t nunits,
+               double json_mul, bool integers_only, double *out)
 {
-    static const struct { const char *unit; double ms; } units[] = {
-        { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
-    };
     const char *s;
-    double n, f = 0;
     char *end;
+    double n;
 
     if (json_is_number(v)) {
-        n = json_number_value(v) * 1000;
-        goto check;
+        if (integers_only && !json_is_integer(v))
+            return false;
+        *out = json_number_value(v) * json_mul;
+        return true;
     }
     if (!json_is_string(v))
         return false;
@@ -108,14 +116,29 @@ parse_duration(const json_t *v, uint64_t *ms)
     n = strtod(s, &end);
     if (!plain_number(s, end))
         return false;
-    for (size_t i = 0; i < NELEM(units); i++)
-        if (strcmp(end, units[i].unit) == 0)
-            f = units[i].ms;
-    if (f == 0)
-        return false;
-    n *= f;
-check:
-    if (!isfinite(n) || n < 0 || n > (double)TPL_MAX_DURATION_MS)
+    for (size_t i = 0; i < nunits; i++) {
+        if (strcmp(end, units[i].suffix) == 0) {
+            *out = n * units[i].mul;
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * "500ms", "30s", "5m", "1h", "1.5s" or a JSON number of seconds, into
+ * milliseconds, at most TPL_MAX_DURATION_MS.  False if malformed.
+ */
+static bool
+parse_duration(const json_t *v, uint64_t *ms)
+{
+    static const tpl_unit units[] = {
+        { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
+    };
+    double n;
+
+    if (!parse_quantity(v, units, NELEM(units), 1000, false, &n)
+        || !isfinite(n) || n < 0 || n > (double)TPL_MAX_DURATION_MS)
         return false;
     *ms = (uint64_t)(n + 0.5);
     return true;
@@ -141,35 +164,15 @@ kb_rt_duration_ms(const char *s, uint64_t *ms)
 static bool
 parse_memory(const json_t *v, uint64_t *bytes)
 {
-    static const struct { const char *suffix; double mul; } units[] = {
+    static const tpl_unit units[] = {
         { "", 1 }, { "k", 1e3 }, { "K", 1e3 }, { "M", 1e6 }, { "G", 1e9 },
         { "T", 1e12 }, { "Ki", 1024.0 }, { "Mi", 1048576.0 },
         { "Gi", 1073741824.0 }, { "Ti", 1099511627776.0 },
     };
-    const char *s;
-    char *end;
-    double n, mul = 0;
+    double n;
 
-    if (json_is_integer(v)) {
-        n = (double)json_integer_value(v);
-        goto check;
-    }
-    if (!json_is_string(v))
-        return false;
-    s = json_string_value(v);
-    if (s[0] < '0' || s[0] > '9')
-        return false;
-    n = strtod(s, &end);
-    if (!plain_number(s, end))
-        return false;
-    for (size_t i = 0; i < NELEM(units); i++)
-        if (strcmp(end, units[i].suffix) == 0)
-            mul = units[i].mul;
-    if (mul == 0)
-        return false;
-    n *= mul;
-check:
-    if (!isfinite(n) || n < (double)TPL_MIN_MEMORY
+    if (!parse_quantity(v, units, NELEM(units), 1, true, &n)
+        || !isfinite(n) || n < (double)TPL_MIN_MEMORY
         || n > (double)TPL_MAX_MEMORY)
         return false;
     *bytes = (uint64_t)n;
@@ -180,29 +183,11 @@ check:
 static bool
 parse_cpu(const json_t *v, uint32_t *millis)
 {
-    const char *s;
-    char *end;
+    static const tpl_unit units[] = { { "", 1000 }, { "m", 1 } };
     double n;
 
-    if (json_is_number(v)) {
-        n = json_number_value(v) * 1000;
-    } else if (json_is_string(v)) {
-        s = json_string_value(v);
-        if (s[0] < '0' || s[0] > '9')
-            return false;
-        n = strtod(s, &end);
-        if (!plain_number(s, end))
-            return false;
-        if (strcmp(end, "m") == 0)
-            ;
-        else if (*end == '\0')
-            n *= 1000;
-        else
-            return false;
-    } else {
-        return false;
-    }
-    if (!isfinite(n) || n < 1 || n > TPL_MAX_CPU_MILLIS)
+    if (!parse_quantity(v, units, NELEM(units), 1000, false, &n)
+        || !isfinite(n) || n < 1 || n > TPL_MAX_CPU_MILLIS)
         return false;
     *millis = (uint32_t)(n + 0.5);
     return true;
