@@ -539,14 +539,21 @@ kb__rt_log_split_free(rt_log_split *s)
     free(s->buf);
     s->buf = NULL;
     s->len = s->cap = 0;
+    s->cut = false;
 }
 
-/* Append a complete line, without its "\r" if it ends with one. */
+/* Append a complete line, without its "\r" if it ends with one.  Nothing
+ * left of a line already appended in pieces is no entry of its own. */
 static int
 emit_line(rt_log_split *s, rt_log *l, int64_t now, const char *p, size_t n)
 {
+    bool cut = s->cut;
+
+    s->cut = false;
     if (n > 0 && p[n - 1] == '\r')
         n--;
+    if (n == 0 && cut)
+        return 0;
     return kb__rt_log_append(l, now, s->revision, s->instance, s->stream,
                              p, n);
 }
@@ -581,6 +588,7 @@ buffer_add(rt_log_split *s, rt_log *l, int64_t now, const char *p, size_t n)
                 kb__rt_log_append(l, now, s->revision, s->instance,
                                   s->stream, p, n);
                 s->len = 0;
+                s->cut = true;
                 return KB_ENOMEM;
             }
             s->buf = b;
@@ -599,6 +607,7 @@ buffer_add(rt_log_split *s, rt_log *l, int64_t now, const char *p, size_t n)
                                   s->stream, s->buf, s->len - keep);
             if (e < 0)
                 err = e;
+            s->cut = true;
             memmove(s->buf, s->buf + s->len - keep, keep);
             s->len = keep;
         }
@@ -626,7 +635,7 @@ kb__rt_log_split_feed(rt_log_split *s, rt_log *l, const char *data,
             e = emit_line(s, l, now, data, n);
         } else {
             e = buffer_add(s, l, now, data, n);
-            if (s->len > 0 && emit_line(s, l, now, s->buf, s->len) < 0)
+            if (emit_line(s, l, now, s->buf, s->len) < 0)
                 e = KB_ENOMEM;
             kb__rt_log_split_free(s);
         }

@@ -109,6 +109,8 @@ typedef struct rt_log_split {
     char          *buf;         /* the partial line; NULL when none */
     size_t         len;
     size_t         cap;
+    bool           cut;         /* pieces of the current line were
+                                   appended already */
 } rt_log_split;
 
 void kb__rt_log_split_init(rt_log_split *s, const char *revision,

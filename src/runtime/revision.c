@@ -343,15 +343,18 @@ normalise(json_t *doc, const char *tag, const char *tag_rev)
     return rc;
 }
 
-/* Every revisionName in doc's traffic names a revision of doc; the
+/* The normalised traffic passes the check (a tag may have added an
+ * entry), every revisionName in it names a revision of doc, and the
  * percents sum to 100. */
 static int
 check_refs(const json_t *doc, char *err, size_t errlen)
 {
     const json_t *traffic = json_object_get(doc, "traffic"), *e;
     size_t i;
-    int sum = 0;
+    int sum = 0, rc;
 
+    if ((rc = kb_rt_traffic_check(traffic, err, errlen)) != 0)
+        return rc;
     json_array_foreach(traffic, i, e) {
         const char *rn = json_string_value(json_object_get(e, "revisionName"));
         if (rn != NULL && kb_rt_revision_find(doc, rn) == NULL)
