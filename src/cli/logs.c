@@ -22,14 +22,21 @@ on_sigint(int sig)
     kb_cli__interrupted = 1;
 }
 
-/* Print text with control characters (but tabs) shown as '?'. */
+/* Print n bytes of text with control characters (but tabs, and NULs
+ * too) shown as '?'. */
+static void
+put_clean_n(FILE *out, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        fputc((ch < 0x20 && ch != '\t') || ch == 0x7f ? '?' : ch, out);
+    }
+}
+
 static void
 put_clean(FILE *out, const char *s)
 {
-    for (; *s != '\0'; s++) {
-        unsigned char ch = (unsigned char)*s;
-        fputc((ch < 0x20 && ch != '\t') || ch == 0x7f ? '?' : ch, out);
-    }
+    put_clean_n(out, s, strlen(s));
 }
 
 /* One entry: "TIME REVISION/INSTANCE[:stderr] text", or a JSON line. */
@@ -64,8 +71,9 @@ print_entry(const json_t *e, bool json)
     if (stream != NULL && strcmp(stream, "stderr") == 0)
         fputs(":stderr", out);
     fputc(' ', out);
-    s = json_string_value(json_object_get(e, "text"));
-    put_clean(out, s != NULL ? s : "");
+    const json_t *text = json_object_get(e, "text");
+    if (json_is_string(text))   /* may hold NULs (\u0000) */
+        put_clean_n(out, json_string_value(text), json_string_length(text));
     fputc('\n', out);
 }
 

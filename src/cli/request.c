@@ -120,7 +120,8 @@ kb_cli__call(kb_cli *c, const char *method, const char *path,
     }
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
     if (in.len > 0)
-        *resp = json_loadb(in.data, in.len, JSON_DECODE_ANY, NULL);
+        *resp = json_loadb(in.data, in.len, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+                          NULL);
 
 out_cleanup:
     curl_easy_cleanup(curl);
