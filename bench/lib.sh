@@ -305,6 +305,20 @@ kiban_cli() {
 }
 
 # kiban_apply_file FILE: apply a manifest; fails loudly when it is refused
+# hello_service FILE GREETING MIN_INSTANCES SCALE_DOWN_DELAY: write the
+# example service `hello` as a manifest (more documents may be appended)
+hello_service() {
+    cat >"$1" <<EOF_SVC
+kind: Service
+metadata: {name: hello}
+spec:
+  command: $BUILD/kiban-hello
+  env: {GREETING: $2}
+  minInstances: $3
+  scaleDownDelay: $4
+EOF_SVC
+}
+
 kiban_apply_file() {
     kiban_cli apply -f "$1" >"$BENCH_WORK/apply.out" 2>&1 ||
         { cat "$BENCH_WORK/apply.out" >&2; return 1; }

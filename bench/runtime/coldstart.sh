@@ -14,15 +14,7 @@ N=${COLD_ROUNDS:-30}
 IDLE=${COLD_IDLE:-200ms}
 title="1. Cold start through the gateway vs the process's own start"
 start_kiban --domain localhost --run-as "${RUN_AS-}"
-cat >"$BENCH_WORK/svc.yaml" <<EOF2
-kind: Service
-metadata: {name: hello}
-spec:
-  command: $BUILD/kiban-hello
-  env: {GREETING: cold}
-  minInstances: 0
-  scaleDownDelay: $IDLE
-EOF2
+hello_service "$BENCH_WORK/svc.yaml" cold 0 "$IDLE"
 kiban_apply_file "$BENCH_WORK/svc.yaml" || skip "$title" "the Service was refused"
 python3 "$BENCH_DIR/runtime/timing.py" coldstart "$BUILD/kiban-hello" \
     "$KIBAN_API_URL" "$KIBAN_DATA/admin.token" "$KIBAN_PORT" \

@@ -14,15 +14,7 @@ N=${DEPLOY_ROUNDS:-10}
 title="2. Deploy until the new revision answers"
 start_kiban --domain localhost --run-as "${RUN_AS-}"
 # The first revision; old revisions' instances go after 2 s idle.
-cat >"$BENCH_WORK/svc.yaml" <<EOF2
-kind: Service
-metadata: {name: hello}
-spec:
-  command: $BUILD/kiban-hello
-  env: {GREETING: v0}
-  minInstances: 1
-  scaleDownDelay: 2s
-EOF2
+hello_service "$BENCH_WORK/svc.yaml" v0 1 2s
 kiban_apply_file "$BENCH_WORK/svc.yaml" || skip "$title" "the Service was refused"
 wait_http "http://127.0.0.1:$KIBAN_PORT/hello" -H 'Host: hello.localhost'
 

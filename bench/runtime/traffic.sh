@@ -33,14 +33,8 @@ timing() {
 variant() {
     local name=$1 min=$2 delay=$3 v1 v2 t0 move colds
     start_kiban --domain localhost --run-as "${RUN_AS-}"
-    cat >"$BENCH_WORK/svc.yaml" <<EOF2
-kind: Service
-metadata: {name: hello}
-spec:
-  command: $BUILD/kiban-hello
-  env: {GREETING: v1}
-  minInstances: 1
-  scaleDownDelay: $delay
+    hello_service "$BENCH_WORK/svc.yaml" v1 1 "$delay"
+    cat >>"$BENCH_WORK/svc.yaml" <<EOF2
 ---
 kind: Gateway
 metadata: {name: prod}
