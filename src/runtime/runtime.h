@@ -1,20 +1,20 @@
 /*
- * runtime.h - services run as supervised local processes.
+ * runtime.h - services as sequences of immutable revisions, run as
+ * supervised local processes (Cloud Run's model on one machine).
  *
- * A service spec (JSON, as the admin API stores it):
- *   { "command": "./build/kiban-hello", "args": ["--x"],
- *     "env": {"K": "V"}, "instances": 1 }
- * Each instance is a child process in its own process group, with PORT set
- * to a free loopback port it must listen on.  An instance that exits is
- * restarted with exponential backoff (0.1 s doubling to 30 s, reset after
- * it has run 10 s).  Removing a service or shutting down stops its process
- * groups (SIGTERM, then SIGKILL after the grace period).  No instance
- * outlives the server, even when the server is killed with SIGKILL: every
- * instance is watched by a small supervisor process that kills its group
- * when the server dies, and process groups recorded in the store are reaped
- * at the next start.
+ * The runtime follows stored Service documents (kb_runtime_apply): each
+ * revision's instances are process groups listening on a free loopback
+ * PORT, probed, restarted with exponential backoff (0.1 s doubling to
+ * 30 s), scaled on requests in flight and down to zero, drained before
+ * they stop.  Requests pick a revision by the traffic split or a tag and
+ * an instance with a free slot (kb_runtime_acquire); with none free they
+ * wait for one.  No instance outlives the server, even when it is killed
+ * with SIGKILL: a small supervisor process per instance kills its group
+ * (and cgroup) when the server dies, and what is recorded in the store is
+ * reaped at the next start.
  *
- * All calls on the loop thread, except kb_runtime_endpoint(s).
+ * All calls on the loop thread, except the data path (acquire, release,
+ * wait_cancel, at_capacity).
  */
 #ifndef KB_RUNTIME_H
 #define KB_RUNTIME_H
@@ -66,19 +66,6 @@ int  kb_runtime_apply(kb_runtime *rt, const char *project, const char *name,
                       const json_t *spec, char *err, size_t errlen);
 /* Stop and forget a service.  KB_ENOTFOUND if unknown. */
 int  kb_runtime_remove(kb_runtime *rt, const char *project, const char *name);
-#define KB_RT_MAX_ENDPOINTS 64
-
-/*
- * The running instances a request may go to (up to max), of the revision
- * the traffic split gives most traffic.  Returns how many (> 0);
- * KB_ENOTFOUND: no such service; KB_EUNAVAIL: no running instance right
- * now.  Safe from any thread.  (Request routing uses kb_runtime_acquire.)
- */
-int  kb_runtime_endpoints(kb_runtime *rt, const char *project,
-                          const char *name, kb_endpoint *out, size_t max);
-/* One of them, round robin.  Same errors; safe from any thread. */
-int  kb_runtime_endpoint(kb_runtime *rt, const char *project,
-                         const char *name, kb_endpoint *out);
 
 /* ---- the data path: any thread ---- */
 

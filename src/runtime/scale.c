@@ -391,52 +391,6 @@ kb_runtime_at_capacity(kb_runtime *rt, const char *project, const char *name,
     return full;
 }
 
-/* The ready instances of the revision with the largest share. */
-int
-kb_runtime_endpoints(kb_runtime *rt, const char *project, const char *name,
-                     kb_endpoint *out, size_t max)
-{
-    rt_revision *best = NULL;
-    rt_service *svc;
-    size_t n = 0;
-
-    pthread_mutex_lock(&rt->ep_lock);
-    svc = svc_find_locked(rt, project, name);
-    if (svc == NULL) {
-        pthread_mutex_unlock(&rt->ep_lock);
-        return KB_ENOTFOUND;
-    }
-    for (rt_revision *r = svc->revisions; r != NULL; r = r->next)
-        if (!r->retired && (best == NULL || share(r) >= share(best)))
-            best = r;
-    for (rt_instance *in = best ? best->instances : NULL;
-         in != NULL && n < max; in = in->next) {
-        if (!kb__rt_serving(in))
-            continue;
-        memcpy(out[n].host, "127.0.0.1", sizeof("127.0.0.1"));
-        out[n].port = in->port;
-        snprintf(out[n].revision, sizeof(out[n].revision), "%s",
-                 best->name);
-        n++;
-    }
-    pthread_mutex_unlock(&rt->ep_lock);
-    return n > 0 ? (int)n : KB_EUNAVAIL;
-}
-
-int
-kb_runtime_endpoint(kb_runtime *rt, const char *project, const char *name,
-                    kb_endpoint *out)
-{
-    kb_endpoint eps[KB_RT_MAX_ENDPOINTS];
-    int n = kb_runtime_endpoints(rt, project, name, eps, KB_RT_MAX_ENDPOINTS);
-    static _Atomic unsigned rr;
-
-    if (n < 0)
-        return n;
-    *out = eps[atomic_fetch_add(&rr, 1) % (unsigned)n];
-    return 0;
-}
-
 /* ---- health: what the executor reports ---- */
 
 json_t *

@@ -210,11 +210,32 @@ st_last_exit(fx *f, const char *name, size_t i, const char *field)
     return r;
 }
 
+/*
+ * Where the next request to service `name` would go, as the gateway asks
+ * (acquire, then release at once).  0 and *ep; KB_ENOTFOUND; KB_EUNAVAIL
+ * when no instance can take it now (starting, failed, none).
+ */
+static int
+pick(fx *f, const char *name, kb_endpoint *ep)
+{
+    kb_rt_lease lease;
+    int rc = kb_runtime_acquire(f->rt, "p", name, NULL, NULL, 0, NULL,
+                                &lease);
+
+    if (rc == KB_EAGAIN)
+        return KB_EUNAVAIL;
+    if (rc != 0)
+        return rc;
+    *ep = lease.ep;
+    kb_runtime_release(f->rt, &lease, 0, 200);
+    return 0;
+}
+
 static bool
 endpoint_ok(fx *f, const char *name, kb_endpoint *ep)
 {
     kb_endpoint tmp;
-    return kb_runtime_endpoint(f->rt, "p", name, ep ? ep : &tmp) == 0;
+    return pick(f, name, ep ? ep : &tmp) == 0;
 }
 
 /* GET /hello on the service's endpoint: the pid and message (copied). */
@@ -224,7 +245,7 @@ hello_pid(fx *f, const char *name, char *msg, size_t msglen, int *port_out)
     kb_endpoint ep;
     char body[4096];
 
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", name, &ep), 0);
+    assert_int_equal(pick(f, name, &ep), 0);
     assert_string_equal(ep.host, "127.0.0.1");
     assert_int_equal(http(ep.port, "GET", "/hello", body, sizeof(body)),
                      200);
@@ -305,7 +326,7 @@ test_starts_and_serves(void **state)
 
     apply_hello(f, "web", NULL);
     /* Not routable before its port accepts. */
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", "web", &ep),
+    assert_int_equal(pick(f, "web", &ep),
                      KB_EUNAVAIL);
     assert_int_equal(st_top(f, "web", "ready"), 0);
     assert_true(st_state_is(f, "web", 0, "starting"));
@@ -339,14 +360,14 @@ test_unknown_service(void **state)
     fx *f = *state;
     kb_endpoint ep;
 
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", "nope", &ep),
+    assert_int_equal(pick(f, "nope", &ep),
                      KB_ENOTFOUND);
     assert_null(kb_runtime_status(f->rt, "p", "nope"));
     assert_int_equal(kb_runtime_remove(f->rt, "p", "nope"), KB_ENOTFOUND);
 
     /* Zero instances: known, never routable. */
     apply_hello(f, "idle", "\"instances\":0");
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", "idle", &ep),
+    assert_int_equal(pick(f, "idle", &ep),
                      KB_EUNAVAIL);
     assert_int_equal(st_top(f, "idle", "count"), 0);
 }
@@ -394,7 +415,7 @@ test_backoff_grows_when_command_missing(void **state)
         assert_int_equal(st_int(f, "missing", 0, "backoffMs"),
                          100 << (k - 1));
         assert_int_equal(st_last_exit(f, "missing", 0, "code"), 127);
-        assert_int_equal(kb_runtime_endpoint(f->rt, "p", "missing",
+        assert_int_equal(pick(f, "missing",
                                              &(kb_endpoint){ 0 }),
                          KB_EUNAVAIL);
     }
@@ -415,7 +436,7 @@ test_start_timeout_kills_and_restarts(void **state)
     EVENTUALLY(f, (shim = st_int(f, "deaf", 0, "pid")) > 0, 2000);
     EVENTUALLY(f, st_int(f, "deaf", 0, "restarts") >= 1, 5000);
     assert_int_equal(st_last_exit(f, "deaf", 0, "signal"), SIGKILL);
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", "deaf",
+    assert_int_equal(pick(f, "deaf",
                                          &(kb_endpoint){ 0 }), KB_EUNAVAIL);
     EVENTUALLY(f, group_live((int)shim, NULL) == 0, 5000);
 }
@@ -434,9 +455,9 @@ test_two_instances_round_robin(void **state)
     assert_true(p0 > 0 && p1 > 0);
     assert_int_not_equal(p0, p1);
 
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", "pair", &a), 0);
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", "pair", &b), 0);
-    assert_int_equal(kb_runtime_endpoint(f->rt, "p", "pair", &c), 0);
+    assert_int_equal(pick(f, "pair", &a), 0);
+    assert_int_equal(pick(f, "pair", &b), 0);
+    assert_int_equal(pick(f, "pair", &c), 0);
     assert_int_not_equal(a.port, b.port);
     assert_int_equal(a.port, c.port);
     assert_true((a.port == p0 && b.port == p1) || (a.port == p1
@@ -760,7 +781,6 @@ server_main(int argc, char **argv)
     kb_store *store;
     kb_runtime *rt;
     char db[PATH_MAX], json[PATH_MAX + 256], err[256];
-    kb_endpoint ep;
 
     if (argc != 5)
         return 2;
@@ -775,8 +795,11 @@ server_main(int argc, char **argv)
     if (kb_runtime_apply(rt, "p", "victim", spec, err, sizeof(err)) != 0)
         return 4;
     json_decref(spec);
-    while (kb_runtime_endpoint(rt, "p", "victim", &ep) != 0)
+    kb_rt_lease lease;
+    while (kb_runtime_acquire(rt, "p", "victim", NULL, NULL, 0, NULL,
+                              &lease) != 0)
         uv_run(&loop, UV_RUN_ONCE);
+    kb_runtime_release(rt, &lease, 0, 200);
     /* Report only once the instance's record is durable. */
     list_ctx c = { 0 };
     while (c.n == 0) {
